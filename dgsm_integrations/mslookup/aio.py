@@ -1,0 +1,445 @@
+"""The asyncio mslookup client: one multicast socket shared by any number of lookups.
+
+How a lookup runs:
+
+- identical queries in flight at the same time share one *flight*: one query id on the wire,
+  one re-send schedule, and every answer fanned out to each caller's own :class:`Selection`
+  (so each caller keeps its own min_delay/timeout). A caller that joins a flight late is first
+  given the answers that already arrived;
+- the query is sent at once and re-sent ``resend`` more times, evenly spread over the first
+  window (``min_delay``, or ``timeout`` when min_delay is 0), so one lost UDP packet on a
+  lossy link does not make a subscriber "not found";
+- the receive loop silently drops (and counts) junk, queries (our own looped back, or other
+  sites'), answers from or pointing outside the trusted networks, and answers to nothing we
+  asked. Answers are matched by the name asked (service, id, id type); the packet id is not
+  required to match, since ``osmo-mslookup-client --send`` always sends id 0.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ipaddress
+import logging
+import secrets
+import socket
+from collections.abc import AsyncIterator, Callable, Iterable
+from dataclasses import dataclass, field, fields, replace
+
+from .errors import InvalidQuery, TransportError, WireError
+from .model import Answer, Endpoint, Outcome, Result
+from .query import DEFAULT_SUFFIX, Query, validate_suffix
+from .selection import Selection, Timing
+from .transport import DEFAULT_GROUP_V4, DEFAULT_PORT, MulticastConfig, open_socket
+from .wire import decode_answer, encode_query, is_answer
+
+__all__ = ["AnswerTrace", "AsyncResolver", "Stats", "as_query", "parse_networks"]
+
+log = logging.getLogger("dgsm.mslookup")
+
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+#: How many answers a flight remembers for callers that join it late.
+_MAX_REMEMBERED = 64
+
+
+@dataclass
+class Stats:
+    """Counters of one resolver (monotonic; read them, don't write them)."""
+
+    lookups: int = 0
+    coalesced: int = 0
+    found: int = 0
+    not_found: int = 0
+    errors: int = 0
+    queries_sent: int = 0
+    send_errors: int = 0
+    packets_received: int = 0
+    queries_seen: int = 0
+    answers_accepted: int = 0
+    dropped_malformed: int = 0
+    dropped_untrusted: int = 0
+    dropped_unmatched: int = 0
+
+    def as_dict(self) -> dict[str, int]:
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+
+@dataclass(frozen=True, slots=True)
+class AnswerTrace:
+    """One answer as it arrived, for tracing: who sent it and whether it is now the best."""
+
+    query: Query
+    site: str
+    age: int
+    v4: Endpoint | None
+    v6: Endpoint | None
+    won: bool
+    elapsed: float
+
+
+def as_query(query: str | Query) -> Query:
+    """Accept a query string or a :class:`Query`; raise InvalidQuery for anything else."""
+    if isinstance(query, Query):
+        return query
+    if isinstance(query, str):
+        return Query.parse(query)
+    raise InvalidQuery(f"query must be a string or Query, not {type(query).__name__}")
+
+
+def parse_networks(trusted: Iterable[str | Network] | None) -> tuple[Network, ...] | None:
+    """Parse a list of trusted networks (``10.0.0.0/8``, ``fd00::/8``, single addresses)."""
+    if trusted is None:
+        return None
+    nets: list[Network] = []
+    for item in trusted:
+        try:
+            nets.append(ipaddress.ip_network(item, strict=False))
+        except (ValueError, TypeError):
+            raise InvalidQuery(f"invalid trusted network {item!r}") from None
+    return tuple(nets)
+
+
+@dataclass(eq=False)
+class _Subscriber:
+    selection: Selection
+    deliver: Callable[[Result], None]
+    on_answer: Callable[[AnswerTrace], None] | None
+    flight: _Flight
+    timer: asyncio.TimerHandle | None = None
+
+
+@dataclass(eq=False)
+class _Flight:
+    query: Query
+    packet_id: int
+    wire: bytes
+    subscribers: set[_Subscriber] = field(default_factory=set)
+    answers: list[tuple[Answer, str]] = field(default_factory=list)
+    sends: list[float] = field(default_factory=list)
+    send_timer: asyncio.TimerHandle | None = None
+    last_send: float | None = None
+    sent_ok: int = 0
+    send_error: str | None = None
+
+
+class AsyncResolver:
+    """Look up subscribers over mslookup mDNS from asyncio code.
+
+    >>> async with AsyncResolver(interface="127.0.0.1", min_delay=0.2) as r:
+    ...     result = await r.resolve("sip.voice.12345.msisdn")
+
+    Times are in seconds. ``min_delay`` (default 1 s, as libosmo-mslookup) is how long to
+    collect answers before returning the youngest; ``timeout`` (default: min_delay) is when a
+    stream of results ends; a query string's own ``[delay-][timeout]@`` (ms) overrides both.
+    ``resend`` extra copies of the query are spread over the first window
+    (``resend_interval`` apart, default evenly). ``trusted``, if given, is a list of networks:
+    answers sent from elsewhere, or naming an address elsewhere, are dropped.
+    """
+
+    def __init__(
+        self,
+        *,
+        group: str = DEFAULT_GROUP_V4,
+        port: int = DEFAULT_PORT,
+        interface: str | None = None,
+        ttl: int = 1,
+        suffix: str = DEFAULT_SUFFIX,
+        min_delay: float = 1.0,
+        timeout: float | None = None,
+        resend: int = 4,
+        resend_interval: float | None = None,
+        trusted: Iterable[str | Network] | None = None,
+    ) -> None:
+        self.config = MulticastConfig(group, port, interface, ttl)
+        self.suffix = validate_suffix(suffix)
+        Timing(min_delay, timeout or 0.0)  # validates the ranges
+        self.min_delay = float(min_delay)
+        self.timeout = None if timeout is None else float(timeout)
+        if not 0 <= resend <= 20:
+            raise InvalidQuery(f"resend must be 0..20, not {resend}")
+        if resend_interval is not None and not 0 < resend_interval <= 60:
+            raise InvalidQuery(f"resend_interval must be in (0, 60] s, not {resend_interval}")
+        self.resend = resend
+        self.resend_interval = resend_interval
+        self.trusted = parse_networks(trusted)
+        self.stats = Stats()
+        self._sock: socket.socket | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._flights: dict[tuple[object, ...], _Flight] = {}
+        self._closed = False
+
+    # -- life cycle ------------------------------------------------------------------------
+
+    async def open(self) -> None:
+        """Open the multicast socket (done implicitly by the first lookup)."""
+        self._open_now()
+
+    def _open_now(self) -> None:
+        if self._closed:
+            raise TransportError("resolver is closed")
+        if self._sock is not None:
+            return
+        loop = asyncio.get_running_loop()
+        sock = open_socket(self.config)
+        loop.add_reader(sock.fileno(), self._on_readable)
+        self._sock, self._loop = sock, loop
+        log.debug("mslookup client listening on %s", self.config.describe())
+
+    async def close(self) -> None:
+        """End every lookup in progress (with an error result) and close the socket."""
+        self._closed = True
+        loop = self._loop
+        for flight in list(self._flights.values()):
+            for sub in list(flight.subscribers):
+                now = loop.time() if loop else 0.0
+                self._deliver(sub, [sub.selection.cancel(now, "resolver closed")])
+        if self._sock is not None and loop is not None:
+            loop.remove_reader(self._sock.fileno())
+            self._sock.close()
+        self._sock = None
+
+    async def __aenter__(self) -> AsyncResolver:
+        await self.open()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    # -- lookups ---------------------------------------------------------------------------
+
+    def timing(self, query: Query, min_delay: float | None = None,
+               timeout: float | None = None) -> Timing:
+        """The effective timing of ``query`` with these per-call overrides."""
+        md = self.min_delay if min_delay is None else min_delay
+        to = self.timeout if timeout is None else timeout
+        return Timing.of(query, md, to)
+
+    async def resolve(
+        self,
+        query: str | Query,
+        *,
+        min_delay: float | None = None,
+        timeout: float | None = None,
+        on_answer: Callable[[AnswerTrace], None] | None = None,
+    ) -> Result:
+        """Find the site with the youngest record of the subscriber.
+
+        Returns the first result libosmo-mslookup would deliver (the youngest answer at
+        min_delay, or an age-0 answer at once), or a not-found / error result. Never raises
+        for anything the network does; raises InvalidQuery for a bad query.
+        """
+        async with contextlib.aclosing(
+            self.stream(query, min_delay=min_delay, timeout=timeout, on_answer=on_answer)
+        ) as results:
+            async for result in results:
+                if result.outcome is not Outcome.NONE:
+                    return result
+        raise AssertionError("a lookup stream ended without a last result")  # pragma: no cover
+
+    async def stream(
+        self,
+        query: str | Query,
+        *,
+        min_delay: float | None = None,
+        timeout: float | None = None,
+        on_answer: Callable[[AnswerTrace], None] | None = None,
+    ) -> AsyncIterator[Result]:
+        """Yield results as libosmo-mslookup delivers them; the last has ``last=True``."""
+        q = as_query(query)
+        timing = self.timing(q, min_delay, timeout)
+        self._open_now()
+        queue: asyncio.Queue[Result] = asyncio.Queue()
+        sub = self._subscribe(q, timing, queue.put_nowait, on_answer)
+        try:
+            while True:
+                result = await queue.get()
+                yield result
+                if result.last:
+                    return
+        finally:
+            self._finish(sub)
+
+    # -- internals -------------------------------------------------------------------------
+
+    def _subscribe(self, query: Query, timing: Timing, deliver: Callable[[Result], None],
+                   on_answer: Callable[[AnswerTrace], None] | None) -> _Subscriber:
+        assert self._loop is not None
+        now = self._loop.time()
+        self.stats.lookups += 1
+        flight = self._flights.get(query.key)
+        if flight is None:
+            packet_id = secrets.randbits(16)
+            flight = _Flight(query, packet_id, encode_query(query, packet_id, self.suffix))
+            self._flights[query.key] = flight
+        else:
+            self.stats.coalesced += 1
+        sub = _Subscriber(Selection(query, timing, now), deliver, on_answer, flight)
+        flight.subscribers.add(sub)
+        for answer, site in list(flight.answers):
+            self._feed(sub, answer, site, now)
+        if not sub.selection.done:
+            self._arm(sub)
+            self._schedule_sends(flight, timing, now)
+        return sub
+
+    def _schedule_sends(self, flight: _Flight, timing: Timing, now: float) -> None:
+        assert self._loop is not None
+        window = timing.window
+        interval = self.resend_interval or window / (self.resend + 1)
+        planned = [now + k * interval for k in range(self.resend + 1) if k * interval < window]
+        taken = list(flight.sends)
+        if flight.last_send is not None:
+            taken.append(flight.last_send)
+        for t in planned:
+            if all(abs(t - other) >= interval / 2 for other in taken):
+                flight.sends.append(t)
+                taken.append(t)
+        flight.sends.sort()
+        self._arm_send(flight)
+
+    def _arm_send(self, flight: _Flight) -> None:
+        assert self._loop is not None
+        if flight.send_timer is not None:
+            flight.send_timer.cancel()
+            flight.send_timer = None
+        if flight.sends and flight.subscribers:
+            if flight.sends[0] <= self._loop.time():
+                self._send_due(flight)
+            else:
+                flight.send_timer = self._loop.call_at(flight.sends[0], self._send_due, flight)
+
+    def _send_due(self, flight: _Flight) -> None:
+        assert self._loop is not None and self._sock is not None
+        flight.send_timer = None
+        now = self._loop.time()
+        while flight.sends and flight.sends[0] <= now + 0.001:
+            flight.sends.pop(0)
+        flight.last_send = now
+        try:
+            self._sock.sendto(flight.wire, self.config.destination())
+        except OSError as exc:
+            self.stats.send_errors += 1
+            flight.send_error = f"cannot send query: {exc.strerror or exc}"
+            log.warning("%s: %s", flight.query.domain, flight.send_error)
+        else:
+            self.stats.queries_sent += 1
+            flight.sent_ok += 1
+        self._arm_send(flight)
+
+    def _arm(self, sub: _Subscriber) -> None:
+        assert self._loop is not None
+        if sub.timer is not None:
+            sub.timer.cancel()
+            sub.timer = None
+        deadline = sub.selection.deadline
+        if deadline is not None:
+            sub.timer = self._loop.call_at(deadline, self._tick, sub)
+
+    def _tick(self, sub: _Subscriber) -> None:
+        assert self._loop is not None
+        sub.timer = None
+        now = self._loop.time()
+        deadline = sub.selection.deadline
+        if deadline is not None and now < deadline < now + 0.005:
+            now = deadline  # call_at may fire up to one clock tick early
+        self._deliver(sub, sub.selection.tick(now))
+
+    def _deliver(self, sub: _Subscriber, results: list[Result]) -> None:
+        for result in results:
+            if result.last:
+                if result.outcome is Outcome.NOT_FOUND and sub.flight.sent_ok == 0:
+                    result = replace(result, outcome=Outcome.ERROR,
+                                     reason=sub.flight.send_error or "no query could be sent")
+                if result.outcome in (Outcome.FOUND, Outcome.NONE):
+                    self.stats.found += 1
+                elif result.outcome is Outcome.NOT_FOUND:
+                    self.stats.not_found += 1
+                else:
+                    self.stats.errors += 1
+            sub.deliver(result)
+        if sub.selection.done:
+            self._finish(sub)
+        elif results:
+            self._arm(sub)
+
+    def _finish(self, sub: _Subscriber) -> None:
+        if sub.timer is not None:
+            sub.timer.cancel()
+            sub.timer = None
+        flight = sub.flight
+        flight.subscribers.discard(sub)
+        if not flight.subscribers and self._flights.get(flight.query.key) is flight:
+            if flight.send_timer is not None:
+                flight.send_timer.cancel()
+            del self._flights[flight.query.key]
+
+    def _feed(self, sub: _Subscriber, answer: Answer, site: str, now: float) -> None:
+        results = sub.selection.feed(answer, now, site)
+        if sub.on_answer is not None:
+            trace = AnswerTrace(answer.query, site, answer.age, answer.v4, answer.v6,
+                                sub.selection.best is answer, now - sub.selection.start)
+            try:
+                sub.on_answer(trace)
+            except Exception:
+                log.exception("on_answer callback failed")
+        self._deliver(sub, results)
+
+    def _is_trusted(self, host: str) -> bool:
+        assert self.trusted is not None
+        try:
+            ip = ipaddress.ip_address(host)
+        except ValueError:
+            return False
+        return any(ip in net for net in self.trusted)
+
+    def _on_readable(self) -> None:
+        sock = self._sock
+        if sock is None:
+            return
+        for _ in range(256):
+            try:
+                data, addr = sock.recvfrom(2048)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as exc:
+                log.debug("recvfrom failed: %s", exc)
+                return
+            self._datagram(data, str(addr[0]).split("%", 1)[0])
+
+    def _datagram(self, data: bytes, source: str) -> None:
+        stats = self.stats
+        stats.packets_received += 1
+        kind = is_answer(data)
+        if kind is None:
+            stats.dropped_malformed += 1
+            return
+        if not kind:
+            stats.queries_seen += 1
+            return
+        if self.trusted is not None and not self._is_trusted(source):
+            stats.dropped_untrusted += 1
+            log.debug("dropped answer from untrusted %s", source)
+            return
+        try:
+            answer = decode_answer(data, self.suffix)
+        except WireError as exc:
+            stats.dropped_malformed += 1
+            log.debug("dropped malformed answer from %s: %s", source, exc)
+            return
+        flight = self._flights.get(answer.query.key)
+        if flight is None:
+            stats.dropped_unmatched += 1
+            return
+        if self.trusted is not None and not all(
+            self._is_trusted(e.host) for e in (answer.v4, answer.v6) if e is not None
+        ):
+            stats.dropped_untrusted += 1
+            log.debug("dropped answer from %s naming an untrusted address", source)
+            return
+        stats.answers_accepted += 1
+        assert self._loop is not None
+        now = self._loop.time()
+        if len(flight.answers) < _MAX_REMEMBERED:
+            flight.answers.append((answer, source))
+        for sub in list(flight.subscribers):
+            self._feed(sub, answer, source, now)

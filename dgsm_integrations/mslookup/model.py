@@ -1,0 +1,110 @@
+"""Values that lookups produce: endpoints, decoded answers and results."""
+
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass
+from enum import StrEnum
+
+from .errors import InvalidQuery
+from .query import Query
+
+__all__ = ["Answer", "Endpoint", "Outcome", "Result"]
+
+
+@dataclass(frozen=True, slots=True)
+class Endpoint:
+    """An IP address and port of a service (``host`` is in canonical text form)."""
+
+    host: str
+    port: int
+
+    def __post_init__(self) -> None:
+        try:
+            ip = ipaddress.ip_address(self.host)
+        except ValueError:
+            raise InvalidQuery(f"invalid IP address {self.host!r}") from None
+        object.__setattr__(self, "host", str(ip))
+        if not isinstance(self.port, int) or not 0 <= self.port <= 65535:
+            raise InvalidQuery(f"invalid port {self.port!r}: need 0..65535")
+
+    @property
+    def family(self) -> int:
+        """4 or 6."""
+        return 6 if ":" in self.host else 4
+
+    def __str__(self) -> str:
+        return f"[{self.host}]:{self.port}" if self.family == 6 else f"{self.host}:{self.port}"
+
+
+@dataclass(frozen=True, slots=True)
+class Answer:
+    """One decoded mslookup answer, as one site sent it."""
+
+    packet_id: int
+    query: Query
+    age: int
+    v4: Endpoint | None = None
+    v6: Endpoint | None = None
+
+    def __post_init__(self) -> None:
+        if self.v4 is None and self.v6 is None:
+            raise InvalidQuery("an answer needs an IPv4 or an IPv6 endpoint")
+        if self.v4 is not None and self.v4.family != 4:
+            raise InvalidQuery(f"v4 endpoint {self.v4} is not IPv4")
+        if self.v6 is not None and self.v6.family != 6:
+            raise InvalidQuery(f"v6 endpoint {self.v6} is not IPv6")
+        if not 0 <= self.age <= 0xFFFFFFFF:
+            raise InvalidQuery(f"age {self.age} out of range")
+
+
+class Outcome(StrEnum):
+    """How a lookup ended (or, for streamed results, what this result is)."""
+
+    #: A site has the subscriber; ``age``, ``v4``/``v6`` and ``site`` say which.
+    FOUND = "found"
+    #: No site answered within the timeout.
+    NOT_FOUND = "not-found"
+    #: The end of a stream whose best result was already delivered (libosmo's "none").
+    NONE = "none"
+    #: The lookup could not be done (no packet could be sent, resolver stopped...).
+    ERROR = "error"
+
+
+@dataclass(frozen=True, slots=True)
+class Result:
+    """The result of a lookup.
+
+    ``site`` is the source address of the packet that won (the site's OsmoHLR).
+    ``elapsed`` is the time in seconds from the start of the lookup to this result.
+    ``last`` is False for intermediate results of a stream (a younger one may follow).
+    """
+
+    query: Query
+    outcome: Outcome
+    last: bool = True
+    age: int | None = None
+    v4: Endpoint | None = None
+    v6: Endpoint | None = None
+    site: str | None = None
+    elapsed: float = 0.0
+    reason: str | None = None
+
+    @property
+    def found(self) -> bool:
+        return self.outcome is Outcome.FOUND
+
+    @property
+    def endpoints(self) -> tuple[Endpoint, ...]:
+        """The endpoints of the answer, IPv4 first."""
+        return tuple(e for e in (self.v4, self.v6) if e is not None)
+
+    def describe(self) -> str:
+        """One line for logs: ``sip.voice.123.msisdn found 10.0.0.2:5060 age=3 site=...``."""
+        text = f"{self.query.domain} {self.outcome.value}"
+        if self.outcome in (Outcome.FOUND, Outcome.NONE):
+            eps = " ".join(str(e) for e in self.endpoints)
+            text += f" {eps} age={self.age} site={self.site}" if eps else f" age={self.age}"
+        if self.reason:
+            text += f" reason={self.reason!r}"
+        return text + f" in {self.elapsed * 1000:.1f}ms"

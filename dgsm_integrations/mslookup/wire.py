@@ -1,0 +1,248 @@
+"""mslookup over mDNS: bytes on the wire, exactly as OsmoHLR writes and reads them.
+
+Encoding goes through dnslib, with one work-around: dnslib compresses repeated names when it
+packs a message, and OsmoHLR's decoder rejects compression; so names are written through a
+buffer that never compresses (see docs/dependencies.md). Decoding is strict and our own:
+dnslib follows compression pointers and ignores trailing bytes, both of which OsmoHLR rejects.
+
+Answers are accepted exactly when OsmoHLR (libosmo-mslookup 1.5) would accept them, except
+that the numbers in ``age=`` and ``port=`` must be plain digits (C's strtoll would also take
+``age=`` as 0, or a sign or leading blanks).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import struct
+
+from dnslib import QTYPE, RR, TXT, A, AAAA, DNSBuffer, DNSHeader, DNSQuestion
+
+from .errors import InvalidQuery, WireError
+from .model import Answer, Endpoint
+from .query import DEFAULT_SUFFIX, Query
+
+__all__ = [
+    "QTYPE_ANY",
+    "decode_answer",
+    "decode_query",
+    "encode_answer",
+    "encode_query",
+    "is_answer",
+]
+
+QTYPE_ANY = 255
+TYPE_A = 1
+TYPE_TXT = 16
+TYPE_AAAA = 28
+CLASS_IN = 1
+HEADER_LEN = 12
+MAX_PACKET = 1024  # OsmoHLR reads at most this much
+
+
+class _PlainBuffer(DNSBuffer):  # type: ignore[misc]
+    """A dnslib buffer that writes every name in full (OsmoHLR rejects compression)."""
+
+    def encode_name(self, name: object) -> None:
+        self.encode_name_nocompress(name)
+
+
+def encode_query(query: Query, packet_id: int, suffix: str = DEFAULT_SUFFIX) -> bytes:
+    """A query as OsmoHLR's client sends it: one ANY/IN question, flags 0."""
+    buf = _PlainBuffer()
+    DNSHeader(id=packet_id & 0xFFFF, bitmap=0, q=1, a=0, auth=0, ar=0).pack(buf)
+    DNSQuestion(query.name(suffix), QTYPE_ANY, CLASS_IN).pack(buf)
+    return bytes(buf.data)
+
+
+def encode_answer(
+    query: Query,
+    packet_id: int,
+    age: int,
+    v4: Endpoint | None = None,
+    v6: Endpoint | None = None,
+    suffix: str = DEFAULT_SUFFIX,
+) -> bytes:
+    """An answer as OsmoHLR sends it: TXT age, [A, TXT port], [AAAA, TXT port]; TTL 0."""
+    if v4 is None and v6 is None:
+        raise InvalidQuery("an answer needs an IPv4 or an IPv6 endpoint")
+    if not 0 <= age <= 0xFFFFFFFF:
+        raise InvalidQuery(f"age {age} out of range 0..4294967295")
+    name = query.name(suffix)
+    records = [RR(name, QTYPE.TXT, CLASS_IN, 0, TXT(f"age={age}"))]
+    if v4 is not None:
+        if v4.family != 4:
+            raise InvalidQuery(f"{v4} is not an IPv4 endpoint")
+        records += [RR(name, QTYPE.A, CLASS_IN, 0, A(v4.host)),
+                    RR(name, QTYPE.TXT, CLASS_IN, 0, TXT(f"port={v4.port}"))]
+    if v6 is not None:
+        if v6.family != 6:
+            raise InvalidQuery(f"{v6} is not an IPv6 endpoint")
+        records += [RR(name, QTYPE.AAAA, CLASS_IN, 0, AAAA(v6.host)),
+                    RR(name, QTYPE.TXT, CLASS_IN, 0, TXT(f"port={v6.port}"))]
+    buf = _PlainBuffer()
+    DNSHeader(id=packet_id & 0xFFFF, bitmap=0x8000, q=0, a=len(records), auth=0, ar=0).pack(buf)
+    for rr in records:
+        rr.pack(buf)
+    return bytes(buf.data)
+
+
+def is_answer(data: bytes) -> bool | None:
+    """True for a response (QR set), False for a query, None if too short to tell."""
+    if len(data) < HEADER_LEN:
+        return None
+    return bool(data[2] & 0x80)
+
+
+def _read_name(data: bytes, offset: int) -> tuple[str, int]:
+    """Read an uncompressed name; return it (dotted) and the offset after it."""
+    labels: list[str] = []
+    total = 0
+    while True:
+        if offset >= len(data):
+            raise WireError("name runs past the end of the packet")
+        length = data[offset]
+        offset += 1
+        if length == 0:
+            break
+        if length & 0xC0:
+            raise WireError("compressed or extended label (OsmoHLR rejects these)")
+        label = data[offset:offset + length]
+        if len(label) != length:
+            raise WireError("label runs past the end of the packet")
+        if any(b <= 0x20 or b >= 0x7F or b == 0x2E for b in label):
+            raise WireError("label with a dot, blank or non-ASCII byte")
+        labels.append(label.decode("ascii"))
+        offset += length
+        total += length + 1
+        if total > 255:
+            raise WireError("name longer than 255 bytes")
+    if not labels:
+        raise WireError("empty name")
+    return ".".join(labels), offset
+
+
+def _query_from_name(name: str, suffix: str) -> Query:
+    tail = "." + suffix
+    if not name.endswith(tail) or len(name) <= len(tail):
+        raise WireError(f"name {name!r} does not end in the domain suffix {suffix!r}")
+    if "@" in name:
+        raise WireError(f"name {name!r} contains '@'")
+    try:
+        return Query.parse(name[: -len(tail)])
+    except InvalidQuery as exc:
+        raise WireError(f"name {name!r} is no valid query: {exc}") from None
+
+
+def decode_query(data: bytes, suffix: str = DEFAULT_SUFFIX) -> tuple[int, Query]:
+    """Decode a query as OsmoHLR's server does; return (packet id, query).
+
+    Like OsmoHLR, the question type and class are not checked (it answers any).
+    """
+    if len(data) < HEADER_LEN + 6:
+        raise WireError(f"query too short ({len(data)} bytes)")
+    if len(data) > MAX_PACKET:
+        raise WireError(f"query too long ({len(data)} bytes)")
+    packet_id, flags, qdcount = struct.unpack_from("!HHH", data)
+    if flags & 0x8000:
+        raise WireError("not a query (QR bit set)")
+    if qdcount != 1:
+        raise WireError(f"query with {qdcount} questions")
+    name, offset = _read_name(data, HEADER_LEN)
+    if offset + 4 != len(data):
+        raise WireError("bytes after the question")
+    return packet_id, _query_from_name(name, suffix)
+
+
+def _txt_key_value(rdata: bytes) -> tuple[str, str]:
+    if len(rdata) < 2 or rdata[0] != len(rdata) - 1:
+        raise WireError("TXT record is not exactly one character-string")
+    text = rdata[1:]
+    if b"=" not in text:
+        raise WireError("TXT record without '='")
+    key, _, value = text.partition(b"=")
+    try:
+        return key.decode("ascii"), value.decode("ascii")
+    except UnicodeDecodeError:
+        raise WireError("TXT record with non-ASCII bytes") from None
+
+
+def _number(value: str, what: str, maximum: int) -> int:
+    if not (value.isascii() and value.isdigit()) or len(value) > 10 or int(value) > maximum:
+        raise WireError(f"invalid {what} value {value!r}")
+    return int(value)
+
+
+def decode_answer(data: bytes, suffix: str = DEFAULT_SUFFIX) -> Answer:
+    """Decode an answer, accepting exactly what OsmoHLR's client accepts (see module doc)."""
+    if len(data) < HEADER_LEN:
+        raise WireError(f"packet too short ({len(data)} bytes)")
+    if len(data) > MAX_PACKET:
+        raise WireError(f"packet too long ({len(data)} bytes)")
+    packet_id, flags, qdcount, ancount = struct.unpack_from("!HHHH", data)
+    if not flags & 0x8000:
+        raise WireError("not an answer (QR bit clear)")
+    if qdcount:
+        raise WireError("answer with a question section")
+    offset = HEADER_LEN
+    name: str | None = None
+    count = 0
+    age: int | None = None
+    v4: Endpoint | None = None
+    v6: Endpoint | None = None
+    pending: tuple[int, str] | None = None  # (family, host) waiting for its port
+    while offset < len(data):
+        rname, offset = _read_name(data, offset)
+        if offset + 10 > len(data):
+            raise WireError("truncated resource record")
+        rtype, _rclass, _ttl, rdlength = struct.unpack_from("!HHIH", data, offset)
+        offset += 10
+        rdata = data[offset:offset + rdlength]
+        if len(rdata) != rdlength:
+            raise WireError("record data runs past the end of the packet")
+        offset += rdlength
+        count += 1
+        if name is None:
+            name = rname
+        elif rname != name:
+            raise WireError(f"records for different names ({name!r}, {rname!r})")
+        if rtype in (TYPE_A, TYPE_AAAA):
+            family, size = (4, 4) if rtype == TYPE_A else (6, 16)
+            if pending is not None:
+                raise WireError("address record while a port is still expected")
+            if (v4 if family == 4 else v6) is not None:
+                raise WireError(f"duplicate {'A' if family == 4 else 'AAAA'} record")
+            if rdlength != size:
+                raise WireError(f"address record of {rdlength} bytes")
+            host = str(ipaddress.ip_address(rdata))
+            pending = (family, host)
+            # placeholder so a duplicate is seen even before its port arrives
+            if family == 4:
+                v4 = Endpoint(host, 0)
+            else:
+                v6 = Endpoint(host, 0)
+        elif rtype == TYPE_TXT:
+            key, value = _txt_key_value(rdata)
+            if key == "age":
+                if age is not None:
+                    raise WireError("duplicate age")
+                age = _number(value, "age", 0xFFFFFFFF)
+            elif key == "port":
+                if pending is None:
+                    raise WireError("port without an address record before it")
+                port = _number(value, "port", 65535)
+                family, host = pending
+                if family == 4:
+                    v4 = Endpoint(host, port)
+                else:
+                    v6 = Endpoint(host, port)
+                pending = None
+            else:
+                raise WireError(f"unknown TXT key {key!r}")
+        else:
+            raise WireError(f"unexpected record type {rtype}")
+    if count != ancount:
+        raise WireError(f"{count} records but the header says {ancount}")
+    if name is None or age is None or (v4 is None and v6 is None) or pending is not None:
+        raise WireError("answer lacks age, address or port")
+    return Answer(packet_id, _query_from_name(name, suffix), age, v4, v6)
+
