@@ -23,7 +23,7 @@ import ipaddress
 import logging
 import secrets
 import socket
-from collections.abc import AsyncIterator, Callable, Iterable
+from collections.abc import AsyncGenerator, Callable, Iterable
 from dataclasses import dataclass, field, fields, replace
 
 from .errors import InvalidQuery, TransportError, WireError
@@ -243,7 +243,7 @@ class AsyncResolver:
         min_delay: float | None = None,
         timeout: float | None = None,
         on_answer: Callable[[AnswerTrace], None] | None = None,
-    ) -> AsyncIterator[Result]:
+    ) -> AsyncGenerator[Result, None]:
         """Yield results as libosmo-mslookup delivers them; the last has ``last=True``."""
         q = as_query(query)
         timing = self.timing(q, min_delay, timeout)

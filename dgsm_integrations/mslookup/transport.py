@@ -12,6 +12,7 @@ choice, i.e. the interface of the default route — what OsmoHLR does).
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import socket
 import struct
@@ -125,10 +126,8 @@ def open_socket(config: MulticastConfig, *, bind_source: str | None = None) -> s
     try:
         sock.setblocking(False)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
+        with contextlib.suppress(OSError):  # a flood of junk must not crowd out answers
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, _RCVBUF)
-        except OSError:
-            pass
         if config.family == socket.AF_INET:
             local, ifindex = _v4_interface(config.interface)
             sock.bind((bind_source or config.group, config.port))

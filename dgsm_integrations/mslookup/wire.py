@@ -15,7 +15,7 @@ from __future__ import annotations
 import ipaddress
 import struct
 
-from dnslib import QTYPE, RR, TXT, A, AAAA, DNSBuffer, DNSHeader, DNSQuestion
+from dnslib import AAAA, QTYPE, RR, TXT, A, DNSBuffer, DNSHeader, DNSQuestion
 
 from .errors import InvalidQuery, WireError
 from .model import Answer, Endpoint

@@ -1,0 +1,43 @@
+"""Decoder fuzzing: arbitrary and mutated packets raise nothing but WireError."""
+
+from __future__ import annotations
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from dgsm_integrations.mslookup import Answer, WireError
+from dgsm_integrations.mslookup.wire import decode_answer, decode_query
+
+from .vectors import all_vectors, vector
+
+SEEDS = [vector(v) for v in all_vectors()]
+
+
+def _decode_both(data: bytes) -> None:
+    for decode in (decode_answer, decode_query):
+        try:
+            result = decode(data)
+        except WireError:
+            continue
+        if decode is decode_answer:
+            assert isinstance(result, Answer)
+            assert result.v4 is not None or result.v6 is not None
+
+
+@settings(max_examples=3000, deadline=None)
+@given(st.binary(max_size=600))
+def test_arbitrary_bytes(data: bytes) -> None:
+    _decode_both(data)
+
+
+@settings(max_examples=3000, deadline=None)
+@given(st.sampled_from(SEEDS), st.lists(st.tuples(st.integers(0, 400), st.integers(0, 255)),
+                                        min_size=1, max_size=6),
+       st.integers(0, 400), st.binary(max_size=8))
+def test_mutated_vectors(seed: bytes, flips: list[tuple[int, int]], cut: int,
+                         tail: bytes) -> None:
+    data = bytearray(seed)
+    for pos, value in flips:
+        data[pos % len(data)] = value
+    _decode_both(bytes(data))
+    _decode_both(bytes(data[: cut % (len(data) + 1)]) + tail)

@@ -1,0 +1,302 @@
+"""The asyncio resolver and its blocking twin against real responders on loopback."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+import subprocess
+import threading
+from collections.abc import Awaitable, Callable, Iterator
+from typing import TypeVar
+
+import pytest
+
+from dgsm_integrations.mslookup import (
+    AnswerTrace,
+    AsyncResolver,
+    Endpoint,
+    InvalidQuery,
+    Outcome,
+    Query,
+    Record,
+    Resolver,
+    Responder,
+)
+from dgsm_integrations.mslookup.wire import encode_answer
+
+from .conftest import LO
+
+PORT = 42611
+T = TypeVar("T")
+
+
+def run(coro: Awaitable[T]) -> T:
+    async def bounded() -> T:
+        return await asyncio.wait_for(coro, 30)
+    return asyncio.run(bounded())
+
+
+def site(n: int, table: dict[str, str], **kw: object) -> Responder:
+    """A responder playing village n: answers from 127.0.0.1n, records given as text."""
+    return Responder({q: Record.parse(r) for q, r in table.items()}, interface=LO, port=PORT,
+                     source=f"127.0.0.{10 + n}", **kw)  # type: ignore[arg-type]
+
+
+def resolver(**kw: object) -> AsyncResolver:
+    kw.setdefault("min_delay", 0.2)
+    return AsyncResolver(interface=LO, port=PORT, **kw)  # type: ignore[arg-type]
+
+
+def test_three_sites_youngest_wins() -> None:
+    async def body() -> None:
+        q = "sip.voice.1001.msisdn"
+        async with site(1, {q: "30,127.0.0.2:5060"}), site(2, {q: "5,127.0.0.3:5061"}), \
+                site(3, {q: "12,127.0.0.4:5062"}), resolver() as r:
+            seen: list[AnswerTrace] = []
+            res = await r.resolve(q, on_answer=seen.append)
+            assert res.outcome is Outcome.FOUND and res.last
+            assert (res.age, res.v4, res.site) == (5, Endpoint("127.0.0.3", 5061), "127.0.0.12")
+            assert res.elapsed >= 0.2
+            assert {t.site for t in seen} == {"127.0.0.11", "127.0.0.12", "127.0.0.13"}
+            assert next(t.won for t in seen if t.site == "127.0.0.12")
+    run(body())
+
+
+def test_tie_first_answer_wins() -> None:
+    async def body() -> None:
+        q = Query.parse("sip.voice.1002.msisdn")
+        late = Record(5, Endpoint("127.0.0.5", 5060), delay=0.05)
+        async with site(1, {str(q): "5,127.0.0.4:5060"}), site(2, {}) as b, resolver() as r:
+            b.set(q, late)
+            res = await r.resolve(q)
+            assert (res.age, res.v4, res.site) == (5, Endpoint("127.0.0.4", 5060), "127.0.0.11")
+    run(body())
+
+
+def test_age_zero_mid_wait_ends_lookup() -> None:
+    async def body() -> None:
+        q = Query.parse("gsup.hlr.901700000000001.imsi")
+        async with site(1, {str(q): "7,127.0.0.4:4222"}), site(2, {}) as home, \
+                resolver(min_delay=1.0) as r:
+            home.set(q, Record(0, Endpoint("127.0.0.5", 4222), delay=0.1))
+            res = await r.resolve(q)
+            assert (res.age, res.v4) == (0, Endpoint("127.0.0.5", 4222))
+            assert 0.1 <= res.elapsed < 0.5
+    run(body())
+
+
+def test_not_found_is_a_value() -> None:
+    async def body() -> None:
+        async with site(1, {"sip.voice.1.msisdn": "1,127.0.0.4:5060"}), resolver() as r:
+            res = await r.resolve("sip.voice.2.msisdn")
+            assert res.outcome is Outcome.NOT_FOUND and res.last and not res.found
+            assert res.age is None and res.endpoints == ()
+            assert 0.2 <= res.elapsed < 0.4
+            with pytest.raises(InvalidQuery):
+                await r.resolve("sip.voice.1;drop.msisdn")
+    run(body())
+
+
+def _answers_from_nth(table: dict[str, Record], n: int) -> Callable[[Query], Record | None]:
+    """Handler that stays silent for the first n-1 queries: a lost query."""
+    count = 0
+
+    def handler(query: Query) -> Record | None:
+        nonlocal count
+        count += 1
+        return table.get(query.domain) if count >= n else None
+    return handler
+
+
+@pytest.mark.parametrize(("resend", "found"), [(4, True), (0, False)])
+def test_lost_first_query_recovered_by_resend(resend: int, found: bool) -> None:
+    async def body() -> None:
+        q = "sip.voice.1003.msisdn"
+        handler = _answers_from_nth({q: Record.parse("9,127.0.0.4:5060")}, 2)
+        async with Responder(handler=handler, interface=LO, port=PORT), \
+                resolver(resend=resend) as r:
+            res = await r.resolve(q)
+            assert res.found is found
+            assert r.stats.queries_sent == resend + 1
+    run(body())
+
+
+def test_untrusted_answers_are_dropped_and_counted() -> None:
+    async def body() -> None:
+        q = "sip.voice.1004.msisdn"
+        async with site(1, {q: "9,127.0.0.2:5060"}), \
+                Responder({q: Record.parse("1,127.0.0.3:5060")}, interface=LO, port=PORT,
+                          source="127.0.0.66"), \
+                site(2, {q: "0,10.66.0.1:5060"}), \
+                resolver(trusted=["127.0.0.0/28"]) as r:
+            res = await r.resolve(q)
+            # .66 is outside the trusted net; site 2 is inside but names 10.66.0.1
+            assert (res.age, res.site, res.v4) == (9, "127.0.0.11", Endpoint("127.0.0.2", 5060))
+            assert r.stats.dropped_untrusted >= 2
+    run(body())
+
+
+def test_concurrent_lookups_coalesce_and_never_cross() -> None:
+    async def body() -> None:
+        table = {f"sip.voice.{2000 + i}.msisdn": f"{i + 1},127.0.1.{i}:{5000 + i}"
+                 for i in range(10)}
+        async with site(1, table), resolver(resend=2) as r:
+            queries = [f"sip.voice.{2000 + i % 10}.msisdn" for i in range(50)]
+            results = await asyncio.gather(*(r.resolve(q) for q in queries))
+            for q, res in zip(queries, results, strict=True):
+                i = int(q.split(".")[2]) - 2000
+                assert res.query == Query.parse(q)
+                assert (res.age, res.v4) == (i + 1, Endpoint(f"127.0.1.{i}", 5000 + i))
+            assert r.stats.coalesced == 40
+            assert r.stats.queries_sent == 10 * 3
+    run(body())
+
+
+def test_late_joiner_gets_answers_that_already_arrived() -> None:
+    async def body() -> None:
+        q = "sip.voice.1005.msisdn"
+        handler = _answers_from_nth({q: Record.parse("4,127.0.0.4:5060")}, 1)
+        once = {"done": False}
+
+        def only_first(query: Query) -> Record | None:
+            if once["done"]:
+                return None
+            once["done"] = True
+            return handler(query)
+
+        async with Responder(handler=only_first, interface=LO, port=PORT), \
+                resolver(min_delay=0.3) as r:
+            joined: asyncio.Future[asyncio.Task[object]] = asyncio.get_running_loop(
+            ).create_future()
+
+            def start_second(trace: AnswerTrace) -> None:
+                if not joined.done():
+                    joined.set_result(asyncio.ensure_future(r.resolve(q)))
+
+            first = await r.resolve(q, on_answer=start_second)
+            second = await (await joined)
+            assert first.found and second.found  # type: ignore[attr-defined]
+            assert r.stats.coalesced == 1
+    run(body())
+
+
+def test_junk_flood_does_not_delay_a_correct_answer() -> None:
+    async def body() -> None:
+        q = Query.parse("sip.voice.1006.msisdn")
+        junk = [os.urandom(n) for n in (1, 12, 40, 200)]
+        junk.append(encode_answer(q, 1, 1, Endpoint("127.0.0.9", 1))[:-3])  # truncated
+        junk.append(encode_answer(Query.parse("sip.voice.9.msisdn"), 1, 0,
+                                  Endpoint("127.0.0.9", 1)))  # not asked
+        tx = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        tx.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_IF, socket.inet_aton(LO))
+        tx.setblocking(False)
+        stop = asyncio.Event()
+
+        async def flood() -> int:
+            sent = 0
+            while not stop.is_set() and sent < 200_000:
+                for pkt in junk:
+                    try:
+                        tx.sendto(pkt, ("239.192.23.42", PORT))
+                        sent += 1
+                    except BlockingIOError:
+                        pass
+                await asyncio.sleep(0)
+            return sent
+
+        async with site(1, {str(q): "3,127.0.0.4:5060"}), resolver() as r:
+            flooder = asyncio.create_task(flood())
+            res = await r.resolve(q)
+            stop.set()
+            sent = await flooder
+        tx.close()
+        assert res.found and res.age == 3
+        assert res.elapsed < 0.2 + 0.15
+        assert sent > 1000
+        assert r.stats.dropped_malformed > 0 and r.stats.dropped_unmatched > 0
+    run(body())
+
+
+def test_close_ends_lookups_with_an_error() -> None:
+    async def body() -> None:
+        r = resolver(min_delay=5.0)
+        task = asyncio.create_task(r.resolve("sip.voice.1007.msisdn"))
+        while r.stats.queries_sent == 0:
+            await asyncio.sleep(0)
+        await r.close()
+        res = await task
+        assert res.outcome is Outcome.ERROR and res.reason == "resolver closed"
+    run(body())
+
+
+def test_blocking_resolver_from_many_threads() -> None:
+    loop = asyncio.new_event_loop()
+    table = {f"sip.voice.{3000 + i}.msisdn": f"{i},127.0.2.{i}:5060" for i in range(60)}
+    responder = site(1, table)
+    loop.run_until_complete(responder.open())
+    thread = threading.Thread(target=loop.run_forever, daemon=True)
+    thread.start()
+    try:
+        shared = Resolver.shared(interface=LO, port=PORT, min_delay=0.2)
+        assert Resolver.shared(interface=LO, port=PORT, min_delay=0.2) is shared
+        with pytest.raises(InvalidQuery):
+            shared.resolve("sip.voice.12a.msisdn")
+        results: dict[int, object] = {}
+
+        def call(i: int) -> None:
+            results[i] = shared.resolve(f"sip.voice.{3000 + i}.msisdn")
+
+        threads = [threading.Thread(target=call, args=(i,)) for i in range(60)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(10)
+        for i in range(60):
+            res = results[i]
+            assert res.found and res.v4 == Endpoint(f"127.0.2.{i}", 5060)  # type: ignore[attr-defined]
+        assert shared.stats.lookups == 60
+        streamed = list(shared.stream("sip.voice.3001.msisdn", min_delay=0.1, timeout=0.3))
+        assert [(x.outcome, x.last) for x in streamed] == [
+            (Outcome.FOUND, False), (Outcome.NONE, True)]
+        shared.close()
+        assert Resolver.shared(interface=LO, port=PORT, min_delay=0.2) is not shared
+        Resolver.shared(interface=LO, port=PORT, min_delay=0.2).close()
+    finally:
+        asyncio.run_coroutine_threadsafe(responder.close(), loop).result(5)
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(5)
+        loop.close()
+
+
+@pytest.fixture
+def veth() -> Iterator[tuple[str, str]]:
+    """A veth pair inside the test namespace (IPv6 multicast is not delivered over lo)."""
+    a, b = "dgsmt0", "dgsmt1"
+    cmds = [["ip", "link", "add", a, "type", "veth", "peer", "name", b],
+            ["sysctl", "-q", "-w", "net.ipv6.conf.all.accept_dad=0"],
+            ["sysctl", "-q", "-w", f"net.ipv6.conf.{a}.accept_dad=0"],
+            ["sysctl", "-q", "-w", f"net.ipv6.conf.{b}.accept_dad=0"],
+            ["ip", "link", "set", a, "up"], ["ip", "link", "set", b, "up"]]
+    try:
+        for cmd in cmds:
+            subprocess.run(cmd, check=True, capture_output=True, timeout=10)
+        yield a, b
+    finally:
+        subprocess.run(["ip", "link", "del", a], capture_output=True, timeout=10)
+
+
+@pytest.mark.parametrize("group", ["ff08::23:42", "ff02::23:42"])
+def test_ipv6_multicast_over_veth(veth: tuple[str, str], group: str) -> None:
+    a, b = veth
+
+    async def body() -> None:
+        q = "sip.voice.1008.msisdn"
+        async with Responder({q: Record.parse("6,127.0.0.4:5060,[fd00::4]:5060")},
+                             group=group, port=PORT, interface=b), \
+                AsyncResolver(group=group, port=PORT, interface=a, min_delay=0.2) as r:
+            res = await r.resolve(q)
+            assert res.found and res.v6 == Endpoint("fd00::4", 5060)
+            assert res.v4 == Endpoint("127.0.0.4", 5060)
+            assert res.site is not None and res.site.startswith("fe80:")
+    run(body())
