@@ -1,0 +1,308 @@
+"""The ESME: every deliver_sm from the local OsmoMSC to the recipient's current site.
+
+For each deliver_sm (all handled concurrently; answers go out in whatever order they finish):
+
+1. decode (malformed: answered with an error by the session layer);
+2. normalise the destination; not an MSISDN: RINVDSTADR at once, nothing looked up;
+3. look up ``smpp.sms.<msisdn>.msisdn`` (coalesced by the resolver);
+4. submit_sm to the winning site's SMPP server over the pooled ISMPP bind;
+5. answer ROK only when that submit_sm was accepted; otherwise RSYSERR (temporary: lookup
+   error, destination down, refusing or silent, budget expired) or ``not_found_status``
+   (default RINVDSTADR: no site knows the recipient, or the site says it does not).
+
+The whole of 2-5 runs under ``budget`` (default 4 s, below OsmoMSC's 5 s deliver_sm timer).
+With a store (``--queue``) a temporary failure or a not-found becomes "accept once durably
+stored" (the store retries on its own, :mod:`.store`), and a phone's resend of an SMS already
+accepted is answered ROK without delivering it again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Coroutine
+from dataclasses import dataclass, field, fields
+from typing import TYPE_CHECKING, Any, Protocol
+
+from ..mslookup import Endpoint, Outcome, Result
+from .links import BindConfig, DestinationDown, IsmppPool, OsmppLink
+from .message import InvalidNumber, Message
+from .pdu import Pdu, Status
+from .session import ConnectionLost, SmppConnection, SmppError
+
+if TYPE_CHECKING:
+    from .store import Store
+
+__all__ = ["Esme", "EsmeConfig", "EsmeStats", "Lookup", "Verdict"]
+
+log = logging.getLogger("dgsm.esme")
+sms_log = logging.getLogger("dgsm.esme.sms")
+
+
+class Lookup(Protocol):
+    async def resolve(self, query: str) -> Result: ...
+
+
+@dataclass(frozen=True, slots=True)
+class EsmeConfig:
+    src_host: str = "127.0.0.1"
+    src_port: int = 2775
+    system_id: str = "OSMPP"
+    password: str = "foo"  # noqa: S105 - OsmoMSC's example config
+    dst_system_id: str = "ISMPP"
+    dst_password: str = "foo"  # noqa: S105 - OsmoMSC's example config
+    budget: float = 4.0
+    not_found_status: int = Status.RINVDSTADR
+    window: int = 16
+    enquire_interval: float = 30.0
+    connect_timeout: float = 2.0
+    response_timeout: float = 10.0
+    backoff_min: float = 0.5
+    backoff_max: float = 30.0
+    max_in_flight: int = 5000
+    #: with a store: seconds of the budget kept for the durable write
+    store_reserve: float = 0.5
+
+    def osmpp(self) -> BindConfig:
+        return BindConfig(self.system_id, self.password, "", self.connect_timeout,
+                          self.enquire_interval, self.response_timeout, self.backoff_min,
+                          self.backoff_max)
+
+    def ismpp(self) -> BindConfig:
+        return BindConfig(self.dst_system_id, self.dst_password, "", self.connect_timeout,
+                          self.enquire_interval, self.response_timeout, self.backoff_min,
+                          min(self.backoff_max, 10.0))
+
+
+@dataclass
+class EsmeStats:
+    """Counters (monotonic). ``received`` = the sum of the ``answered_*`` and
+    ``answers_lost`` once nothing is in flight: that is the "nothing lost" invariant."""
+
+    received: int = 0
+    answered_ok: int = 0
+    answered_error: int = 0
+    answers_lost: int = 0
+    delivered: int = 0
+    queued: int = 0
+    invalid_number: int = 0
+    not_found: int = 0
+    lookup_errors: int = 0
+    destination_down: int = 0
+    destination_refused: int = 0
+    budget_expired: int = 0
+    overload: int = 0
+    malformed: int = 0
+    reports: int = 0
+
+    def as_dict(self) -> dict[str, int]:
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+
+@dataclass(frozen=True, slots=True)
+class Verdict:
+    """How one message ended: the deliver_sm_resp status and what to log."""
+
+    status: int
+    result: str
+    site: str | None = None
+    age: int | None = None
+    destination: Endpoint | None = None
+    detail: str = ""
+
+
+def _settle(fut: asyncio.Future[int], task: asyncio.Task[Verdict]) -> None:
+    if fut.done():
+        return
+    if task.cancelled() or task.exception() is not None:
+        fut.set_result(Status.RSYSERR)
+    else:
+        fut.set_result(task.result().status)
+
+
+@dataclass(eq=False)
+class Esme:
+    """The daemon: ``await esme.run()`` until cancelled."""
+
+    config: EsmeConfig
+    lookup: Lookup
+    store: Store | None = None
+    stats: EsmeStats = field(default_factory=EsmeStats)
+
+    def __post_init__(self) -> None:
+        self.pool = IsmppPool(self.config.ismpp(), self.config.window)
+        self.osmpp = OsmppLink(self.config.src_host, self.config.src_port,
+                               self.config.osmpp(), self._on_request)
+        self._tasks: set[asyncio.Task[None]] = set()
+        self.idle = asyncio.Event()
+        self.idle.set()
+
+    @property
+    def in_flight(self) -> int:
+        return len(self._tasks)
+
+    async def run(self) -> None:
+        try:
+            await self.osmpp.run()
+        finally:
+            await self.close()
+
+    async def close(self) -> None:
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self.pool.close()
+
+    # -- deliver_sm ------------------------------------------------------------------------
+
+    def _on_request(self, conn: SmppConnection, pdu: Pdu) -> None:
+        if pdu.command != "deliver_sm":
+            conn.nack(pdu.sequence, Status.RINVCMDID)
+            return
+        self.stats.received += 1
+        if len(self._tasks) >= self.config.max_in_flight:
+            self.stats.overload += 1
+            self._answer(conn, pdu, Verdict(Status.RTHROTTLED, "overload"), None, 0.0)
+            return
+        task = asyncio.get_running_loop().create_task(self._handle(conn, pdu))
+        self._tasks.add(task)
+        self.idle.clear()
+        task.add_done_callback(self._done)
+
+    def _done(self, task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
+        if not self._tasks:
+            self.idle.set()
+
+    async def _handle(self, conn: SmppConnection, pdu: Pdu) -> None:
+        start = time.monotonic()
+        msg: Message | None = None
+        try:
+            msg = Message.from_pdu(pdu)
+        except InvalidNumber as exc:
+            self.stats.invalid_number += 1
+            verdict = Verdict(Status.RINVDSTADR, "invalid-number", detail=str(exc))
+        else:
+            try:
+                verdict = await self._route(msg)
+            except Exception as exc:  # never let one message take the daemon down
+                log.exception("forwarding failed")
+                verdict = Verdict(Status.RSYSERR, "internal-error", detail=repr(exc))
+        self._answer(conn, pdu, verdict, msg, time.monotonic() - start)
+
+    async def _route(self, msg: Message) -> Verdict:
+        store = self.store
+        if store is None:
+            try:
+                async with asyncio.timeout(self.config.budget):
+                    return await self.forward(msg)
+            except TimeoutError:
+                self.stats.budget_expired += 1
+                return Verdict(Status.RSYSERR, "budget-expired")
+        # store-and-forward: the budget covers the direct attempt *and* the durable store
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.config.budget
+        if await store.seen(msg):
+            return Verdict(Status.ROK, "duplicate")
+        attempt = loop.create_task(self.forward(msg))
+        status_of: asyncio.Future[int] = loop.create_future()
+        attempt.add_done_callback(lambda t: _settle(status_of, t))
+        direct_share = max(0.0, deadline - loop.time() - self.config.store_reserve)
+        done, _ = await asyncio.wait({attempt}, timeout=direct_share)
+        if attempt in done and not attempt.cancelled() and attempt.exception() is None:
+            verdict = attempt.result()
+            if verdict.status == Status.ROK:
+                self._background(store.record_delivered(msg))
+                return verdict
+            pending: asyncio.Future[int] | None = None
+        else:
+            self.stats.budget_expired += 1
+            verdict = Verdict(Status.RSYSERR, "budget-expired")
+            pending = status_of  # still outstanding: retry only if it fails
+        try:
+            async with asyncio.timeout(max(0.05, deadline - loop.time())):
+                await asyncio.shield(store.enqueue(msg, verdict.result, pending))
+        except Exception as exc:
+            log.error("cannot store the message: %r", exc)
+            return verdict
+        self.stats.queued += 1
+        return Verdict(Status.ROK, f"queued({verdict.result})", verdict.site, verdict.age,
+                       verdict.destination, verdict.detail)
+
+    def _background(self, coro: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        self.idle.clear()
+        task.add_done_callback(self._done)
+
+    def _answer(self, conn: SmppConnection, pdu: Pdu, verdict: Verdict, msg: Message | None,
+                elapsed: float) -> None:
+        if conn.respond(pdu, verdict.status):
+            if verdict.status == Status.ROK:
+                self.stats.answered_ok += 1
+            else:
+                self.stats.answered_error += 1
+        else:
+            self.stats.answers_lost += 1
+        self._log(pdu, verdict, msg, elapsed)
+
+    def _log(self, pdu: Pdu, v: Verdict, msg: Message | None, elapsed: float) -> None:
+        src = bytes(pdu.get("source_addr") or b"").decode("latin-1")
+        dst = bytes(pdu.get("destination_addr") or b"").decode("latin-1")
+        part, of = msg.parts if msg is not None else (1, 1)
+        ref = msg.reference if msg is not None else pdu.get("user_message_reference")
+        kind = " report" if msg is not None and msg.is_report else ""
+        sms_log.info(
+            "sms%s seq=%d ref=%s from=%s to=%s part=%d/%d site=%s age=%s via=%s result=%s "
+            "status=0x%02x time=%.1fms%s", kind, pdu.sequence, ref, src or "-", dst or "-",
+            part, of, v.site or "-", "-" if v.age is None else v.age, v.destination or "-",
+            v.result, v.status, elapsed * 1000, f" detail={v.detail!r}" if v.detail else "")
+
+    async def forward(self, msg: Message) -> Verdict:
+        """Look up the recipient and submit once; the verdict says what happened."""
+        if msg.is_report:
+            self.stats.reports += 1
+        result = await self.lookup.resolve(f"smpp.sms.{msg.msisdn}.msisdn")
+        if result.outcome is Outcome.NOT_FOUND:
+            self.stats.not_found += 1
+            return Verdict(self.config.not_found_status, "not-found")
+        if not result.found or not result.endpoints:
+            self.stats.lookup_errors += 1
+            return Verdict(Status.RSYSERR, "lookup-error", detail=result.reason or "")
+        endpoint = result.endpoints[0]
+        site, age = result.site, result.age
+        verdict = await self.submit(msg, endpoint)
+        return Verdict(verdict.status, verdict.result, site, age, endpoint, verdict.detail)
+
+    async def submit(self, msg: Message, endpoint: Endpoint) -> Verdict:
+        try:
+            resp = await self.pool.link(endpoint).submit(msg.submit_fields())
+        except SmppError as exc:
+            if exc.status == Status.RINVDSTADR:
+                self.stats.not_found += 1
+                return Verdict(self.config.not_found_status, "not-found-at-site",
+                               detail=str(exc))
+            self.stats.destination_refused += 1
+            return Verdict(Status.RSYSERR, "refused", detail=str(exc))
+        except (DestinationDown, ConnectionLost, OSError) as exc:
+            self.stats.destination_down += 1
+            return Verdict(Status.RSYSERR, "destination-down", detail=str(exc))
+        except TimeoutError:
+            self.stats.destination_down += 1
+            return Verdict(Status.RSYSERR, "destination-silent")
+        self.stats.delivered += 1
+        mid = resp.get("message_id")
+        return Verdict(Status.ROK, "delivered",
+                       detail=f"message_id={bytes(mid or b'').decode('latin-1')}")
+
+    # -- helpers for tests and the CLI ---------------------------------------------------------
+
+    async def wait_idle(self, timeout: float) -> None:
+        async with asyncio.timeout(timeout):
+            await self.idle.wait()
+
+    def describe(self) -> dict[str, Any]:
+        return {"bound": self.osmpp.bound.is_set(), "in_flight": self.in_flight,
+                **self.stats.as_dict()}
+

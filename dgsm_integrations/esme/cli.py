@@ -1,0 +1,139 @@
+"""``esme_dgsm``: the D-GSM SMS router beside OsmoMSC (see docs/esme.md)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import signal
+import sys
+from collections.abc import Sequence
+
+from ..mslookup import DEFAULT_GROUP_V4, DEFAULT_PORT, AsyncResolver, MslookupError
+from .app import EsmeConfig
+
+__all__ = ["build_parser", "config_from", "install_signal_handlers", "main"]
+
+log = logging.getLogger("dgsm.esme")
+
+
+def _status(text: str) -> int:
+    value = int(text, 0)
+    if not 0 <= value <= 0xFFFFFFFF:
+        raise argparse.ArgumentTypeError(f"{text} is not an SMPP command_status")
+    return value
+
+
+def _positive(text: str) -> float:
+    value = float(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"{text} must be > 0")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    d = EsmeConfig()
+    p = argparse.ArgumentParser(
+        prog="esme_dgsm",
+        description=(
+            "Route every SMS that OsmoMSC (smpp-first, default-route to this ESME) hands over "
+            "as deliver_sm to the recipient's current D-GSM site: look up "
+            "smpp.sms.<msisdn>.msisdn over mslookup, submit_sm to the youngest site's SMPP "
+            "server, and answer the deliver_sm ROK only once that submit_sm was accepted "
+            "(RSYSERR for a temporary failure or when the budget runs out; "
+            "--not-found-status when no site knows the recipient)."),
+        epilog="Defaults match OsmoMSC's example config (esme OSMPP / ISMPP, password foo, "
+               "port 2775). One log line per SMS on logger dgsm.esme.sms.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    g = p.add_argument_group("local OsmoMSC (the OSMPP bind, bind_transceiver)")
+    g.add_argument("--src-host", default=d.src_host, help="OsmoMSC's SMPP address")
+    g.add_argument("--src-port", type=int, default=d.src_port, help="OsmoMSC's SMPP port")
+    g.add_argument("--system-id", default=d.system_id, help="our system-id at the local MSC")
+    g.add_argument("--password", default=d.password, help="its password")
+    g = p.add_argument_group("destination sites (the ISMPP binds, bind_transmitter)")
+    g.add_argument("--dst-system-id", default=d.dst_system_id,
+                   help="our system-id at every destination SMSC (the local one too)")
+    g.add_argument("--dst-password", default=d.dst_password, help="its password")
+    g.add_argument("--window", type=int, default=d.window,
+                   help="outstanding submit_sm per destination bind")
+    g = p.add_argument_group("answers and timing")
+    g.add_argument("--budget", type=_positive, default=d.budget,
+                   help="seconds from deliver_sm to its answer at most (OsmoMSC waits 5 s)")
+    g.add_argument("--not-found-status", type=_status, default=d.not_found_status,
+                   help="command_status for a recipient no site knows (0x0B = RINVDSTADR)")
+    g.add_argument("--enquire-interval", type=_positive, default=d.enquire_interval,
+                   help="seconds between enquire_link on idle binds")
+    g.add_argument("--connect-timeout", type=_positive, default=d.connect_timeout,
+                   help="seconds to connect and bind")
+    g.add_argument("--max-in-flight", type=int, default=d.max_in_flight,
+                   help="deliver_sm handled at once; beyond, RTHROTTLED")
+    g = p.add_argument_group("mslookup")
+    g.add_argument("--mslookup-interface", default=None, metavar="IF|ADDR",
+                   help="interface name or local IPv4 address for mslookup multicast")
+    g.add_argument("--mslookup-group", default=DEFAULT_GROUP_V4, help="multicast group")
+    g.add_argument("--mslookup-port", type=int, default=DEFAULT_PORT, help="multicast port")
+    g.add_argument("--min-delay", type=float, default=1.0,
+                   help="seconds to collect answers before taking the youngest")
+    g.add_argument("--lookup-timeout", type=float, default=None,
+                   help="seconds until a lookup gives up (default: min-delay)")
+    g.add_argument("--trusted", action="append", default=None, metavar="NET",
+                   help="only accept answers from / naming this network (repeatable)")
+    g = p.add_argument_group("store-and-forward (off by default)")
+    g.add_argument("--queue", default=None, metavar="PATH",
+                   help="SQLite file: accept an SMS whose recipient's site is unreachable or "
+                        "unknown once durably stored, and keep retrying it")
+    g.add_argument("--validity", type=_positive, default=24 * 3600.0,
+                   help="seconds a stored SMS is retried before it is dropped")
+    g.add_argument("--retry-min", type=_positive, default=30.0,
+                   help="seconds before the first retry of a stored SMS (doubling after)")
+    g.add_argument("--retry-max", type=_positive, default=1800.0,
+                   help="longest pause between retries of a stored SMS")
+    g = p.add_argument_group("operations")
+    g.add_argument("--metrics-port", type=int, default=None,
+                   help="serve Prometheus counters on this HTTP port (off by default)")
+    g.add_argument("--metrics-host", default="127.0.0.1", help="address for --metrics-port")
+    g.add_argument("--log-level", default="INFO",
+                   choices=["DEBUG", "INFO", "WARNING", "ERROR"], help="log verbosity")
+    return p
+
+
+def config_from(args: argparse.Namespace) -> EsmeConfig:
+    return EsmeConfig(
+        src_host=args.src_host, src_port=args.src_port, system_id=args.system_id,
+        password=args.password, dst_system_id=args.dst_system_id,
+        dst_password=args.dst_password, budget=args.budget,
+        not_found_status=args.not_found_status, window=args.window,
+        enquire_interval=args.enquire_interval, connect_timeout=args.connect_timeout,
+        max_in_flight=args.max_in_flight)
+
+
+async def serve(args: argparse.Namespace) -> int:
+    from . import runtime  # store and metrics, only when asked for
+
+    resolver = AsyncResolver(interface=args.mslookup_interface, group=args.mslookup_group,
+                             port=args.mslookup_port, min_delay=args.min_delay,
+                             timeout=args.lookup_timeout, trusted=args.trusted)
+    async with resolver:
+        return await runtime.run_daemon(config_from(args), resolver, args)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=args.log_level,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        return asyncio.run(serve(args))
+    except KeyboardInterrupt:
+        return 0
+    except MslookupError as exc:
+        print(f"esme_dgsm: {exc}", file=sys.stderr)
+        return 2
+
+
+def install_signal_handlers(stop: asyncio.Event) -> None:
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            loop.add_signal_handler(sig, stop.set)
+
