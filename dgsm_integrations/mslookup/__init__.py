@@ -7,14 +7,42 @@
 - :mod:`.wire`, :mod:`.selection` — the sans-I/O protocol core.
 """
 
-from .aio import AnswerTrace, AsyncResolver, Stats
-from .blocking import Resolver
+from typing import TYPE_CHECKING, Any
+
+# The sans-I/O core is imported at once; the asyncio driver, the blocking facade and the
+# responder only when first used, so that a per-call process (the Asterisk AGI script) that
+# needs just the core does not pay for importing asyncio and threading.
 from .errors import InvalidQuery, MslookupError, TransportError, WireError
 from .model import Answer, Endpoint, Outcome, Result
 from .query import DEFAULT_SUFFIX, IdType, Query
-from .responder import Record, Responder
 from .selection import Selection, Timing
 from .transport import DEFAULT_GROUP_V4, DEFAULT_GROUP_V6, DEFAULT_PORT, MulticastConfig
+
+if TYPE_CHECKING:
+    from .aio import AnswerTrace, AsyncResolver, Stats
+    from .blocking import Resolver
+    from .responder import Record, Responder
+
+_LAZY = {
+    "AnswerTrace": "aio",
+    "AsyncResolver": "aio",
+    "Stats": "aio",
+    "Resolver": "blocking",
+    "Record": "responder",
+    "Responder": "responder",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    import importlib
+
+    value = getattr(importlib.import_module(f".{module}", __name__), name)
+    globals()[name] = value
+    return value
+
 
 __all__ = [
     "DEFAULT_GROUP_V4",

@@ -1,0 +1,458 @@
+"""The FastAGI server: one long-lived process, one shared resolver, any number of calls.
+
+Asterisk connects for each call (``AGI(agi://127.0.0.1:4573/dgsm?service=sip.voice,${EXTEN})``),
+sends the environment block, and waits for commands. For each connection the server:
+
+1. reads the environment block (strictly, see :mod:`.agi`); checks the route (``dgsm``) and
+   its query (only ``service=`` is known); takes the extension from ``agi_arg_1``;
+2. looks the MSISDN up with the shared :class:`AsyncResolver` while it keeps reading the
+   socket: a ``HANGUP`` line or EOF during the lookup ends the call at once;
+3. sends one ``SET VARIABLE`` at a time and reads its reply (a ``HANGUP`` line in between is
+   noted, never taken for the reply; ``511`` means the channel is gone; a multi-line ``520``
+   is read to its end); anything off-protocol ends the call, never a guess;
+4. closes the connection, and logs one line: ``call peer=... ext=... result=... agi=...
+   lookup=...ms total=...ms added=...ms``.
+
+Every call ends within ``call-timeout``, whatever the peer does.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import signal
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, fields
+
+from dgsm_integrations.mslookup import AsyncResolver, InvalidQuery, MslookupError
+
+from .agi import AgiEnv, AgiProtocolError, EnvParser, Hangup, Reply, ReplyParser, set_variable
+from .config import Config, ConfigError, read_config_file
+from .routing import Verdict, parse_extension
+
+__all__ = ["FastAgiServer", "ServerStats", "build_parser", "main"]
+
+log = logging.getLogger("dgsm.asterisk.fastagi")
+
+
+@dataclass
+class ServerStats:
+    """Counters (monotonic)."""
+
+    calls: int = 0
+    found: int = 0
+    not_found: int = 0
+    errors: int = 0
+    invalid: int = 0
+    hangups: int = 0
+    timeouts: int = 0
+    protocol_errors: int = 0
+    busy: int = 0
+
+    def as_dict(self) -> dict[str, int]:
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+
+class _Closed:
+    """Queue marker: the peer closed the connection or broke the protocol."""
+
+    def __init__(self, reason: str) -> None:
+        self.reason = reason
+
+
+class _End(Exception):
+    """End this call now; the message says why (for the log line)."""
+
+
+_Item = Reply | Hangup | _Closed
+
+
+class _Session:
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.reader, self.writer = reader, writer
+        self.queue: asyncio.Queue[_Item] = asyncio.Queue()
+        self.parser = ReplyParser()
+        self.hung_up = False
+        self.protocol_error: str | None = None
+        self.awaiting_reply = False
+
+    async def read_env(self) -> AgiEnv:
+        parser = EnvParser()
+        while True:
+            data = await self.reader.read(4096)
+            if not data:
+                parser.eof()  # raises: EOF before the blank line
+            env = parser.feed(data)
+            if env is not None:
+                self._feed(parser.rest)
+                return env
+
+    def _feed(self, data: bytes) -> None:
+        for event in self.parser.feed(data):
+            if isinstance(event, Reply):
+                if not self.awaiting_reply:  # a reply to nothing: never let it shift replies
+                    raise AgiProtocolError(f"a reply to no command: {event.text[:60]!r}")
+                self.awaiting_reply = False
+            self.queue.put_nowait(event)
+
+    async def pump(self) -> None:
+        """Read the socket for the rest of the call, into the queue."""
+        try:
+            while True:
+                data = await self.reader.read(4096)
+                if not data:
+                    self.queue.put_nowait(_Closed("EOF"))
+                    return
+                self._feed(data)
+        except AgiProtocolError as exc:
+            self.protocol_error = str(exc)
+            self.queue.put_nowait(_Closed(f"protocol error: {exc}"))
+        except (ConnectionError, OSError) as exc:
+            self.queue.put_nowait(_Closed(f"connection error: {exc}"))
+
+    async def next_event(self) -> Reply | Hangup:
+        item = await self.queue.get()
+        if isinstance(item, _Closed):
+            self.queue.put_nowait(item)  # stays closed for any later reader
+            raise _End(item.reason)
+        return item
+
+    async def command(self, line: bytes) -> Reply:
+        while not self.queue.empty():  # only HANGUP or the end can be waiting here
+            if isinstance(await self.next_event(), Hangup):
+                self.hung_up = True
+        if self.hung_up:
+            raise _End("HANGUP")
+        self.awaiting_reply = True
+        self.writer.write(line)
+        await self.writer.drain()
+        while True:
+            event = await self.next_event()
+            if isinstance(event, Hangup):
+                self.hung_up = True  # the pending command still gets its own reply
+                continue
+            return event
+
+
+class FastAgiServer:
+    """Serve FastAGI lookups on ``config.listen``:``config.listen_port``.
+
+    ``resolver``: share an existing AsyncResolver (not closed by the server); by default the
+    server makes one from the config and closes it on :meth:`close`.
+    """
+
+    def __init__(self, config: Config, resolver: AsyncResolver | None = None) -> None:
+        self.config = config
+        self._own_resolver = resolver is None
+        self.resolver = resolver or AsyncResolver(**config.resolver_kwargs())
+        self.stats = ServerStats()
+        self._server: asyncio.Server | None = None
+        self._sessions: set[asyncio.Task[None]] = set()
+        self.port: int | None = None
+
+    async def start(self) -> None:
+        await self.resolver.open()
+        self._server = await asyncio.start_server(
+            self._accept, self.config.listen, self.config.listen_port, backlog=1024)
+        self.port = self._server.sockets[0].getsockname()[1]
+        log.info("dgsm-fastagi listening on %s:%s (route /%s, endpoint %s, resolver %s)",
+                 self.config.listen, self.port, self.config.route, self.config.endpoint,
+                 self.resolver.config.describe())
+
+    @property
+    def active(self) -> int:
+        return len(self._sessions)
+
+    async def close(self, grace: float | None = None) -> None:
+        """Stop accepting, let calls in progress finish for ``grace`` s, end the rest."""
+        if self._server is not None:
+            self._server.close()
+        grace = self.config.grace if grace is None else grace
+        if self._sessions:
+            _, pending = await asyncio.wait(set(self._sessions), timeout=grace)
+            for task in pending:
+                task.cancel()
+            if pending:
+                await asyncio.wait(pending, timeout=2)
+        if self._server is not None:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._server.wait_closed(), 2)
+        if self._own_resolver:
+            await self.resolver.close()
+
+    async def __aenter__(self) -> FastAgiServer:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        if len(self._sessions) >= self.config.max_sessions:
+            self.stats.busy += 1
+            log.warning("call refused: %d calls in progress (max-sessions)", len(self._sessions))
+            writer.close()
+            return
+        self._sessions.add(task)
+        try:
+            await self._call(reader, writer)
+        finally:
+            self._sessions.discard(task)
+
+    async def _call(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        loop = asyncio.get_running_loop()
+        start = loop.time()
+        peer = writer.get_extra_info("peername")
+        session = _Session(reader, writer)
+        fields_: dict[str, str] = {"ext": "-", "result": "none"}
+        lookup_s = 0.0
+        verdict: Verdict | None = None
+        pump: asyncio.Task[None] | None = None
+        self.stats.calls += 1
+        try:
+            async with asyncio.timeout(self.config.call_timeout):
+                env = await session.read_env()
+                pump = asyncio.create_task(session.pump())
+                verdict, lookup_s = await self._lookup(session, env, fields_)
+                fields_["result"] = verdict.result
+                fields_["agi"] = await self._write(session, verdict)
+        except TimeoutError:
+            self.stats.timeouts += 1
+            fields_["agi"] = "call-timeout"
+        except AgiProtocolError as exc:
+            self.stats.protocol_errors += 1
+            fields_["agi"] = f"protocol-error({exc})"
+        except _End as exc:
+            if session.protocol_error:
+                self.stats.protocol_errors += 1
+            fields_["agi"] = f"ended({exc})"
+        except (ConnectionError, OSError) as exc:
+            fields_["agi"] = f"connection-error({exc})"
+        except asyncio.CancelledError:
+            fields_["agi"] = "cancelled(shutdown)"
+            raise
+        finally:
+            if pump is not None:
+                pump.cancel()
+            writer.close()
+            self._count(verdict)
+            total = loop.time() - start
+            dial = dict(verdict.variables).get("DGSM_DIAL") if verdict else None
+            log.info("call peer=%s ext=%s result=%s%s agi=%s lookup=%.1fms total=%.1fms "
+                     "added=%.2fms%s",
+                     _peer(peer), fields_["ext"], fields_["result"],
+                     f" dial={dial}" if dial else "", fields_.get("agi", "-"),
+                     lookup_s * 1000, total * 1000, (total - lookup_s) * 1000,
+                     f" | {verdict.detail}" if verdict else "")
+
+    def _count(self, verdict: Verdict | None) -> None:
+        if verdict is None:
+            return
+        name = {"found": "found", "not-found": "not_found", "error": "errors",
+                "invalid": "invalid"}[verdict.result]
+        setattr(self.stats, name, getattr(self.stats, name) + 1)
+
+    async def _lookup(self, session: _Session, env: AgiEnv,
+                      fields_: dict[str, str]) -> tuple[Verdict, float]:
+        routing = self.config.routing
+        fields_["ext"] = repr(env.args[0])[1:-1][:40] if env.args else "-"
+        script = env.network_script
+        if script is None:
+            raise AgiProtocolError("not a FastAGI request (no agi_network_script)")
+        path, _, query = script.partition("?")
+        if path.strip("/") != self.config.route:
+            return routing.error(f"unknown route {path[:40]!r}"), 0.0
+        service: str | None = None
+        for part in query.split("&") if query else ():
+            key, sep, value = part.partition("=")
+            if key != "service" or not sep or service is not None:
+                return routing.error(f"unknown or repeated parameter in {query[:60]!r}"), 0.0
+            service = value
+        msisdn = parse_extension(env.args)
+        if msisdn is None:
+            return routing.invalid("extension is not one argument of 1-15 digits"), 0.0
+        try:
+            q = routing.query(msisdn, service)
+        except InvalidQuery as exc:
+            return routing.error(f"bad service: {exc}"), 0.0
+        if session.hung_up or not session.queue.empty():
+            await self._early_event(session)
+        loop = asyncio.get_running_loop()
+        t0 = loop.time()
+        lookup = asyncio.ensure_future(self.resolver.resolve(q))
+        watch = asyncio.ensure_future(session.next_event())
+        try:
+            await asyncio.wait({lookup, watch}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            if not lookup.done():
+                lookup.cancel()
+                with contextlib.suppress(asyncio.CancelledError, MslookupError):
+                    await lookup
+            if not watch.done():
+                watch.cancel()
+                with contextlib.suppress(asyncio.CancelledError, _End):
+                    await watch
+        if watch.done() and not watch.cancelled():
+            event = watch.result()  # raises _End on EOF / protocol error
+            if isinstance(event, Hangup):
+                self.stats.hangups += 1
+                raise _End("HANGUP during the lookup")
+            raise AgiProtocolError("a reply before any command")
+        return routing.verdict(msisdn, lookup.result()), loop.time() - t0
+
+    async def _early_event(self, session: _Session) -> None:
+        event = await session.next_event()
+        if isinstance(event, Hangup):
+            self.stats.hangups += 1
+            raise _End("HANGUP before the lookup")
+        raise AgiProtocolError("a reply before any command")
+
+    async def _write(self, session: _Session, verdict: Verdict) -> str:
+        for name, value in verdict.variables:
+            reply = await session.command(set_variable(name, value))
+            if reply.dead_channel:
+                self.stats.hangups += 1
+                return "dead(511)"
+            if not reply.ok:
+                return f"rejected({reply.code})"
+            if session.hung_up:
+                self.stats.hangups += 1
+                return "hangup"
+        return "ok"
+
+
+def _peer(peer: object) -> str:
+    if isinstance(peer, tuple) and len(peer) >= 2:
+        return f"{peer[0]}:{peer[1]}"
+    return str(peer)
+
+
+# -- command line ------------------------------------------------------------------------
+
+_DESCRIPTION = """\
+FastAGI server for D-GSM: finds the site where a dialled MSISDN was seen most recently
+(mslookup over multicast DNS, like OsmoHLR) and hands the result to the Asterisk dialplan
+in channel variables. It only looks up; your dialplan does the Dial().
+
+In extensions.conf:
+
+  exten => _X.,1,Set(DGSM_RESULT=)
+   same => n,AGI(agi://127.0.0.1:4573/dgsm?service=sip.voice,${EXTEN})
+   same => n,GotoIf($["${DGSM_RESULT}" = "found"]?dial)
+   same => n,Hangup(${IF($["${DGSM_CAUSE}" = ""]?34:${DGSM_CAUSE})})
+   same => n(dial),Dial(${DGSM_DIAL},60)
+
+Variables: DGSM_RESULT (found / not-found / error / invalid), DGSM_DIAL
+(PJSIP/<endpoint>/sip:<msisdn>@<ip>:<port>), DGSM_SIP_HOST, DGSM_SIP_PORT, DGSM_AGE,
+DGSM_CAUSE (Q.850 for Hangup(): 1 -> SIP 404, 34 -> 503, 28 -> 484).
+"""
+
+_EPILOG = """\
+settings: defaults < --config FILE (key = value lines, keys as the long options) < options.
+examples:
+  dgsm-fastagi --interface eth0 --endpoint dgsm-trunk
+  dgsm-fastagi --config /etc/dgsm-integrations/fastagi.conf --check
+  dgsm-fastagi --interface 127.0.0.1 --mdns-port 4266 --min-delay 0.5 --log-level debug
+Each call logs one line ("call peer=... ext=... result=... agi=... added=...ms"):
+  journalctl -u dgsm-fastagi | grep 'result=error'
+SIGTERM stops accepting calls, lets calls in progress finish (--grace), then exits 0.
+See docs/asterisk.md for the full guide.
+"""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="dgsm-fastagi", description=_DESCRIPTION, epilog=_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--config", metavar="FILE", help="read settings from FILE first")
+    p.add_argument("--check", action="store_true",
+                   help="print the effective settings and exit (0 if they are valid)")
+    g = p.add_argument_group("FastAGI")
+    g.add_argument("--listen", metavar="ADDR", help="address to listen on (127.0.0.1)")
+    g.add_argument("--listen-port", metavar="PORT", help="TCP port (4573, Asterisk's default)")
+    g.add_argument("--route", help="the script name in the agi:// URL (dgsm)")
+    g.add_argument("--max-sessions", metavar="N", help="calls served at once (1000)")
+    g.add_argument("--call-timeout", metavar="S",
+                   help="a call never takes longer than this, lookup included (5.0)")
+    g.add_argument("--grace", metavar="S", help="on SIGTERM, wait this long for calls (5.0)")
+    g.add_argument("--log-level", help="debug, info (one line per call), warning, error")
+    r = p.add_argument_group("routing")
+    r.add_argument("--endpoint", help="PJSIP endpoint used in DGSM_DIAL (dgsm)")
+    r.add_argument("--service", help="mslookup service (sip.voice); ?service= overrides")
+    r.add_argument("--prefer-ipv6", metavar="yes|no",
+                   help="dial the IPv6 endpoint when a site gives both (no)")
+    r.add_argument("--cause-not-found", metavar="Q850", help="DGSM_CAUSE when not found (1)")
+    r.add_argument("--cause-error", metavar="Q850", help="DGSM_CAUSE when lookup fails (34)")
+    r.add_argument("--cause-invalid", metavar="Q850",
+                   help="DGSM_CAUSE for an extension that is no MSISDN (28)")
+    m = p.add_argument_group("mslookup (as dgsm-mslookup / OsmoHLR)")
+    m.add_argument("--group", help="multicast group (239.192.23.42)")
+    m.add_argument("--mdns-port", metavar="PORT", help="multicast port (4266)")
+    m.add_argument("--interface", help="interface name or local IPv4 address")
+    m.add_argument("--ttl", help="multicast TTL (1)")
+    m.add_argument("--suffix", help="mDNS domain suffix (mdns.osmocom.org)")
+    m.add_argument("--min-delay", metavar="S", help="collect answers this long (1.0)")
+    m.add_argument("--timeout", metavar="S", help="give up after (= min-delay)")
+    m.add_argument("--resend", metavar="N", help="extra copies of each query (4)")
+    m.add_argument("--trusted", metavar="NETS",
+                   help="comma-separated networks allowed to answer (all)")
+    return p
+
+
+def load_config(args: argparse.Namespace) -> Config:
+    values: dict[str, str] = {}
+    if args.config:
+        values.update(read_config_file(args.config))
+    for action_name, value in vars(args).items():
+        if action_name in ("config", "check") or value is None:
+            continue
+        values[action_name] = str(value)
+    return Config.from_strings(values)
+
+
+async def _serve(config: Config) -> int:
+    server = FastAgiServer(config)
+    try:
+        await server.start()
+    except (MslookupError, OSError) as exc:
+        log.error("cannot start: %s", exc)
+        await server.resolver.close()
+        return 2
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    log.info("stopping: %d calls in progress, grace %.1f s", server.active, config.grace)
+    await server.close()
+    log.info("stopped after %s", server.stats.as_dict())
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``dgsm-fastagi`` console script."""
+    args = build_parser().parse_args(argv)
+    try:
+        config = load_config(args)
+    except (ConfigError, OSError) as exc:
+        print(f"dgsm-fastagi: {exc}", file=sys.stderr)
+        return 2
+    if args.check:
+        for f in fields(config):
+            if f.init:
+                print(f"{f.name.replace('_', '-')} = {getattr(config, f.name)}")
+        return 0
+    logging.basicConfig(level=config.log_level.upper(), stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(message)s")
+    logging.Formatter.converter = time.gmtime
+    return asyncio.run(_serve(config))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,123 @@
+"""One lookup on a plain blocking socket, for a process that lives for one call.
+
+The AGI script is started per call, so it cannot share a resolver and must not pay for
+asyncio's import. This driver runs the same sans-I/O core as the resolver (``wire`` to
+encode and decode, ``Selection`` for libosmo-mslookup's timing, ``transport`` for the
+socket) with ``select()``: the query is sent at once and re-sent over the first window, junk
+and answers to other questions are dropped, and it returns by the lookup's timeout.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import select
+import time
+from collections.abc import Callable, Iterable
+
+from ._core import (
+    MulticastConfig,
+    Outcome,
+    Query,
+    Result,
+    Selection,
+    Timing,
+    TransportError,
+    WireError,
+    decode_answer,
+    encode_query,
+    is_answer,
+    open_socket,
+)
+
+__all__ = ["lookup_once"]
+
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+def _trusted(host: str, nets: tuple[Network, ...] | None) -> bool:
+    if nets is None:
+        return True
+    try:
+        ip = ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return any(ip in net for net in nets)
+
+
+def lookup_once(
+    query: Query,
+    *,
+    group: str,
+    port: int,
+    interface: str | None = None,
+    ttl: int = 1,
+    suffix: str,
+    min_delay: float,
+    timeout: float | None = None,
+    resend: int = 4,
+    trusted: Iterable[str] | None = None,
+    clock: Callable[[], float] = time.monotonic,
+) -> Result:
+    """Resolve ``query`` once; never raises for anything the network does."""
+    timing = Timing.of(query, min_delay, timeout)
+    nets = None if trusted is None else tuple(ipaddress.ip_network(t, strict=False)
+                                              for t in trusted)
+    start = clock()
+    try:
+        config = MulticastConfig(group, port, interface, ttl)
+        sock = open_socket(config)
+    except TransportError as exc:
+        return Result(query, Outcome.ERROR, elapsed=clock() - start, reason=str(exc))
+    with sock:
+        selection = Selection(query, timing, start)
+        packet = encode_query(query, int.from_bytes(os.urandom(2), "big"), suffix)
+        interval = timing.window / (resend + 1)
+        sends = [start + k * interval for k in range(resend + 1) if k * interval < timing.window]
+        sent_ok = 0
+        last_error = "no query could be sent"
+        while True:
+            now = clock()
+            while sends and sends[0] <= now:
+                sends.pop(0)
+                try:
+                    sock.sendto(packet, config.destination())
+                    sent_ok += 1
+                except OSError as exc:
+                    last_error = f"cannot send query: {exc.strerror or exc}"
+            for result in selection.tick(now):
+                if result.last:
+                    return _final(result, sent_ok, last_error)
+            deadline = selection.deadline
+            assert deadline is not None
+            wake = min([deadline, *sends[:1]])
+            readable, _, _ = select.select([sock], [], [], max(0.0, wake - clock()))
+            if not readable:
+                continue
+            for _ in range(64):
+                try:
+                    data, addr = sock.recvfrom(2048)
+                except (BlockingIOError, InterruptedError):
+                    break
+                except OSError:
+                    break
+                source = str(addr[0]).split("%", 1)[0]
+                if is_answer(data) is not True or not _trusted(source, nets):
+                    continue
+                try:
+                    answer = decode_answer(data, suffix)
+                except WireError:
+                    continue
+                if answer.query.key != query.key or not all(
+                    _trusted(e.host, nets) for e in (answer.v4, answer.v6) if e is not None
+                ):
+                    continue
+                for result in selection.feed(answer, clock(), source):
+                    if result.last:
+                        return _final(result, sent_ok, last_error)
+
+
+def _final(result: Result, sent_ok: int, last_error: str) -> Result:
+    if result.outcome is Outcome.NOT_FOUND and sent_ok == 0:
+        return Result(result.query, Outcome.ERROR, elapsed=result.elapsed, reason=last_error)
+    return result

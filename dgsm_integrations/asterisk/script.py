@@ -1,0 +1,193 @@
+"""The local AGI script: one process per call, started by ``AGI(dgsm-agi,${EXTEN})``.
+
+It reads the environment block from stdin, looks the extension up once (a plain blocking
+socket, see :mod:`.oneshot`), writes ``SET VARIABLE`` commands to stdout, each answered by
+Asterisk before the next, and exits. It never waits past ``call-timeout``: every read has a
+deadline, SIGHUP (Asterisk's hangup signal for local scripts) ends the call at once, and an
+interval timer is the backstop. Settings come from ``$DGSM_AGI_CONFIG`` or
+``/etc/dgsm-integrations/asterisk.conf`` (Asterisk gives the script no flags of ours: the
+arguments come from the dialplan, where the caller controls ``${EXTEN}``).
+
+One line per call goes to stderr: ``dgsm-agi: ext=... result=... ...``.
+"""
+
+from __future__ import annotations
+
+import os
+import select
+import signal
+import sys
+import time
+from types import FrameType
+
+from .agi import AgiEnv, AgiProtocolError, EnvParser, Hangup, Reply, ReplyParser, set_variable
+from .config import Config, ConfigError, config_from_environment
+from .oneshot import lookup_once
+from .routing import Routing, Verdict, parse_extension
+
+__all__ = ["main"]
+
+
+class _Stop(Exception):
+    """End the call now (hangup signal, deadline, peer gone)."""
+
+
+def _on_signal(signum: int, frame: FrameType | None) -> None:
+    raise _Stop("SIGHUP: channel hung up" if signum == signal.SIGHUP else "call-timeout")
+
+
+class _Pipe:
+    """Blocking AGI I/O on two file descriptors, every wait bounded by ``deadline``."""
+
+    def __init__(self, rfd: int, wfd: int, deadline: float) -> None:
+        self.rfd, self.wfd, self.deadline = rfd, wfd, deadline
+        self.replies = ReplyParser()
+        self.hung_up = False
+
+    def _read(self) -> bytes:
+        left = self.deadline - time.monotonic()
+        if left <= 0:
+            raise _Stop("call-timeout")
+        readable, _, _ = select.select([self.rfd], [], [], left)
+        if not readable:
+            raise _Stop("call-timeout")
+        return os.read(self.rfd, 4096)
+
+    def env(self) -> tuple[AgiEnv, bytes]:
+        parser = EnvParser()
+        while True:
+            data = self._read()
+            if not data:
+                parser.eof()
+            env = parser.feed(data)
+            if env is not None:
+                return env, parser.rest
+
+    def _poll(self) -> None:
+        """Before a command: anything already sent must be HANGUP (a reply now is extra)."""
+        while select.select([self.rfd], [], [], 0)[0]:
+            data = os.read(self.rfd, 4096)
+            if not data:
+                raise _Stop("Asterisk closed the pipe")
+            for event in self.replies.feed(data):
+                if not isinstance(event, Hangup):
+                    raise AgiProtocolError("a reply to no command")
+                self.hung_up = True
+
+    def command(self, line: bytes) -> Reply:
+        self._poll()
+        if self.hung_up:
+            raise _Stop("HANGUP")
+        try:
+            os.write(self.wfd, line)
+        except OSError as exc:
+            raise _Stop(f"cannot write to Asterisk: {exc.strerror or exc}") from None
+        pending: list[Reply] = []
+        while not pending:
+            data = self._read()
+            if not data:
+                raise _Stop("Asterisk closed the pipe")
+            for event in self.replies.feed(data):
+                if isinstance(event, Hangup):
+                    self.hung_up = True
+                elif pending:
+                    raise AgiProtocolError("a second reply to one command")
+                else:
+                    pending.append(event)
+        return pending[0]
+
+
+def _write_vars(pipe: _Pipe, verdict: Verdict) -> str:
+    """Send the variables; returns how it ended (``ok``, ``hangup``, ``dead``, ``rejected``)."""
+    for name, value in verdict.variables:
+        reply = pipe.command(set_variable(name, value))
+        if reply.dead_channel:
+            return "dead"
+        if not reply.ok:
+            return f"rejected({reply.code})"
+        if pipe.hung_up:
+            return "hangup"
+    return "ok"
+
+
+def run(config: Config, rfd: int = 0, wfd: int = 1) -> tuple[int, str]:
+    """One call. Returns (exit status, log line)."""
+    start = time.monotonic()
+    pipe = _Pipe(rfd, wfd, start + config.call_timeout)
+    ext = "-"
+    verdict: Verdict | None = None
+    lookup_ms = 0.0
+    try:
+        env, rest = pipe.env()
+        if rest:
+            for event in pipe.replies.feed(rest):
+                if isinstance(event, Hangup):
+                    pipe.hung_up = True
+                else:
+                    raise AgiProtocolError("a reply before any command")
+        ext = repr(env.args[0])[1:-1][:40] if env.args else "-"
+        msisdn = parse_extension(env.args)
+        if msisdn is None:
+            verdict = config.routing.invalid("extension is not one argument of 1-15 digits")
+        elif pipe.hung_up:
+            raise _Stop("HANGUP before the lookup")
+        else:
+            t0 = time.monotonic()
+            result = lookup_once(config.routing.query(msisdn), **config.resolver_kwargs())
+            lookup_ms = (time.monotonic() - t0) * 1000
+            verdict = config.routing.verdict(msisdn, result)
+        ended = _write_vars(pipe, verdict)
+        status = 0
+    except _Stop as exc:
+        ended, status = f"stopped({exc})", 0
+    except AgiProtocolError as exc:
+        ended, status = f"protocol-error({exc})", 1
+    total_ms = (time.monotonic() - start) * 1000
+    what = verdict.result if verdict else "none"
+    dial = dict(verdict.variables).get("DGSM_DIAL", "") if verdict else ""
+    line = (f"dgsm-agi: ext={ext} result={what}{' dial=' + dial if dial else ''} "
+            f"agi={ended} lookup={lookup_ms:.1f}ms total={total_ms:.1f}ms"
+            f"{' | ' + verdict.detail if verdict else ''}")
+    return status, line
+
+
+def main() -> int:
+    """Entry point of ``asterisk/dgsm-agi``."""
+    signal.signal(signal.SIGHUP, _on_signal)
+    signal.signal(signal.SIGALRM, _on_signal)
+    try:
+        config = config_from_environment()
+    except (ConfigError, OSError) as exc:
+        # still answer the call: an error verdict with the default causes
+        print(f"dgsm-agi: bad settings: {exc}", file=sys.stderr)
+        config = _fallback_config()
+        broken = True
+    else:
+        broken = False
+    signal.setitimer(signal.ITIMER_REAL, config.call_timeout + 0.5)
+    try:
+        if broken:
+            status, line = _error_only(config)
+        else:
+            status, line = run(config)
+        print(line, file=sys.stderr)
+    except _Stop as exc:  # the backstop timer fired outside run()'s own handling
+        status = 0
+        print(f"dgsm-agi: stopped: {exc}", file=sys.stderr)
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+    return status
+
+
+def _fallback_config() -> Config:
+    return Config()
+
+
+def _error_only(config: Config) -> tuple[int, str]:
+    pipe = _Pipe(0, 1, time.monotonic() + config.call_timeout)
+    try:
+        pipe.env()
+        ended = _write_vars(pipe, Routing().error("bad settings"))
+    except (_Stop, AgiProtocolError) as exc:
+        ended = str(exc)
+    return 0, f"dgsm-agi: result=error agi={ended} | bad settings"
