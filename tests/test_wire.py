@@ -173,3 +173,22 @@ def test_encode_answer_refuses_nonsense() -> None:
         encode_answer(SIP, 1, 5, v4=Endpoint("::1", 5))
     with pytest.raises(ValueError):
         encode_answer(SIP, 1, -1, v4=Endpoint("1.2.3.4", 5))
+
+
+def test_decoded_endpoints_are_canonical_like_endpoint() -> None:
+    for v6 in ("::ffff:1.2.3.4", "2001:db8:0:0:1:0:0:1", "fd00::1"):
+        data = encode_answer(SIP, 1, 5, Endpoint("10.0.0.1", 5), Endpoint(v6, 6))
+        a = decode_answer(data)
+        assert a.v6 == Endpoint(v6, 6) and a.v4 == Endpoint("10.0.0.1", 5)
+
+
+def test_responder_answers_are_byte_exact_for_any_id() -> None:
+    from dgsm_integrations.mslookup import Record, Responder
+
+    golden = vector("hlr_answer_sip.voice.1001.msisdn_age42_v4")
+    r = Responder({"sip.voice.1001.msisdn": Record(42, Endpoint("127.0.0.2", 5060))})
+    record = r.lookup(SIP)
+    assert record is not None
+    first = r._encode(SIP, record)
+    assert first[2:] == golden[2:]
+    assert r._encode(SIP, record) is first  # cached

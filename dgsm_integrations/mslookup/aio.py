@@ -30,7 +30,13 @@ from .errors import InvalidQuery, TransportError, WireError
 from .model import Answer, Endpoint, Outcome, Result
 from .query import DEFAULT_SUFFIX, Query, validate_suffix
 from .selection import Selection, Timing
-from .transport import DEFAULT_GROUP_V4, DEFAULT_PORT, MulticastConfig, open_socket
+from .transport import (
+    DEFAULT_GROUP_V4,
+    DEFAULT_PORT,
+    SO_RXQ_OVFL,
+    MulticastConfig,
+    open_socket,
+)
 from .wire import decode_answer, encode_query, is_answer
 
 __all__ = ["AnswerTrace", "AsyncResolver", "Stats", "as_query", "parse_networks"]
@@ -40,6 +46,10 @@ log = logging.getLogger("dgsm.mslookup")
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 #: How many answers a flight remembers for callers that join it late.
 _MAX_REMEMBERED = 64
+#: How many distinct answer packets are remembered, decoded, so that the copies every site
+#: sends for each re-sent query cost a dictionary look-up instead of a decode.
+_DECODED_CACHE = 4096
+_ANCDATA = socket.CMSG_SPACE(4)
 
 
 @dataclass
@@ -59,6 +69,8 @@ class Stats:
     dropped_malformed: int = 0
     dropped_untrusted: int = 0
     dropped_unmatched: int = 0
+    duplicates: int = 0
+    kernel_drops: int = 0
 
     def as_dict(self) -> dict[str, int]:
         return {f.name: getattr(self, f.name) for f in fields(self)}
@@ -166,6 +178,8 @@ class AsyncResolver:
         self._sock: socket.socket | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._flights: dict[tuple[object, ...], _Flight] = {}
+        self._decoded: dict[bytes, Answer | None] = {}
+        self._backlog: list[tuple[bytes, str]] = []
         self._closed = False
 
     # -- life cycle ------------------------------------------------------------------------
@@ -315,6 +329,10 @@ class AsyncResolver:
         while flight.sends and flight.sends[0] <= now + 0.001:
             flight.sends.pop(0)
         flight.last_send = now
+        # Empty the socket first: when thousands of lookups start in one go, their answers
+        # must not overflow it while we are still sending. They are only buffered here and
+        # decoded in the next pass of the loop, so that later lookups start without delay.
+        self._drain(defer=True)
         try:
             self._sock.sendto(flight.wire, self.config.destination())
         except OSError as exc:
@@ -392,19 +410,49 @@ class AsyncResolver:
             return False
         return any(ip in net for net in self.trusted)
 
+    def _remember(self, data: bytes, answer: Answer | None) -> None:
+        decoded = self._decoded
+        if len(decoded) >= _DECODED_CACHE:
+            del decoded[next(iter(decoded))]  # oldest first (dicts keep insertion order)
+        decoded[data] = answer
+
     def _on_readable(self) -> None:
+        self._drain(defer=False)
+
+    def _process_backlog(self) -> None:
+        backlog, self._backlog = self._backlog, []
+        for data, source in backlog:
+            self._datagram(data, source)
+
+    def _drain(self, defer: bool) -> None:
         sock = self._sock
         if sock is None:
             return
+        if not defer and self._backlog:
+            self._process_backlog()  # keep arrival order
         for _ in range(256):
             try:
-                data, addr = sock.recvfrom(2048)
+                data, ancdata, _flags, addr = sock.recvmsg(2048, _ANCDATA)
             except (BlockingIOError, InterruptedError):
                 return
             except OSError as exc:
-                log.debug("recvfrom failed: %s", exc)
+                log.debug("recvmsg failed: %s", exc)
                 return
-            self._datagram(data, str(addr[0]).split("%", 1)[0])
+            for level, kind, value in ancdata:
+                if level == socket.SOL_SOCKET and kind == SO_RXQ_OVFL and len(value) >= 4:
+                    drops = int.from_bytes(value[:4], "little")
+                    if drops > self.stats.kernel_drops:
+                        log.warning("kernel dropped %d mslookup datagrams (receive buffer "
+                                    "full)", drops - self.stats.kernel_drops)
+                        self.stats.kernel_drops = drops
+            source = str(addr[0]).split("%", 1)[0]
+            if defer:
+                if not self._backlog:
+                    assert self._loop is not None
+                    self._loop.call_soon(self._process_backlog)
+                self._backlog.append((data, source))
+            else:
+                self._datagram(data, source)
 
     def _datagram(self, data: bytes, source: str) -> None:
         stats = self.stats
@@ -420,12 +468,22 @@ class AsyncResolver:
             stats.dropped_untrusted += 1
             log.debug("dropped answer from untrusted %s", source)
             return
-        try:
-            answer = decode_answer(data, self.suffix)
-        except WireError as exc:
-            stats.dropped_malformed += 1
-            log.debug("dropped malformed answer from %s: %s", source, exc)
-            return
+        if data in self._decoded:
+            stats.duplicates += 1
+            cached = self._decoded[data]
+            if cached is None:
+                stats.dropped_malformed += 1
+                return
+            answer = cached
+        else:
+            try:
+                answer = decode_answer(data, self.suffix)
+            except WireError as exc:
+                stats.dropped_malformed += 1
+                log.debug("dropped malformed answer from %s: %s", source, exc)
+                self._remember(data, None)
+                return
+            self._remember(data, answer)
         flight = self._flights.get(answer.query.key)
         if flight is None:
             stats.dropped_unmatched += 1

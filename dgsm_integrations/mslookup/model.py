@@ -28,6 +28,18 @@ class Endpoint:
         if not isinstance(self.port, int) or not 0 <= self.port <= 65535:
             raise InvalidQuery(f"invalid port {self.port!r}: need 0..65535")
 
+    @classmethod
+    def trusted(cls, host: str, port: int) -> Endpoint:
+        """An endpoint from values already known valid (``host`` from inet_ntop): no checks.
+
+        For the decoder's hot path only; everything else goes through the validating
+        constructor.
+        """
+        endpoint = object.__new__(cls)
+        object.__setattr__(endpoint, "host", host)
+        object.__setattr__(endpoint, "port", port)
+        return endpoint
+
     @property
     def family(self) -> int:
         """4 or 6."""

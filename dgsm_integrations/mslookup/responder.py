@@ -99,10 +99,15 @@ class Responder:
         self.queries = 0
         self.answered = 0
         self.malformed = 0
+        self.send_errors = 0
+        self._warned: set[int | None] = set()
         self._sock: socket.socket | None = None
         self._send_sock: socket.socket | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._pending: set[asyncio.TimerHandle] = set()
+        # Encoded answers without their 2-byte id: the same record for the same query gives the
+        # same bytes but for the id, and every re-sent copy of a query is answered again.
+        self._encoded: dict[tuple[tuple[object, ...], Record], bytes] = {}
 
     def set(self, query: str | Query, record: Record | None) -> None:
         """Answer ``query`` with ``record`` from now on (None: stay silent)."""
@@ -182,7 +187,7 @@ class Responder:
             return
         if record is None:
             return
-        packet = encode_answer(query, packet_id, record.age, record.v4, record.v6, self.suffix)
+        packet = packet_id.to_bytes(2, "big") + self._encode(query, record)[2:]
         if record.delay > 0 and self._loop is not None:
             handle: asyncio.TimerHandle | None = None
 
@@ -196,6 +201,16 @@ class Responder:
         else:
             self._send(packet)
 
+    def _encode(self, query: Query, record: Record) -> bytes:
+        key = (query.key, record)
+        packet = self._encoded.get(key)
+        if packet is None:
+            packet = encode_answer(query, 0, record.age, record.v4, record.v6, self.suffix)
+            if len(self._encoded) >= 4096:
+                del self._encoded[next(iter(self._encoded))]
+            self._encoded[key] = packet
+        return packet
+
     def _send(self, packet: bytes) -> None:
         sock = self._send_sock or self._sock
         if sock is None:
@@ -204,4 +219,8 @@ class Responder:
             sock.sendto(packet, self.config.destination())
             self.answered += 1
         except OSError as exc:
-            log.warning("cannot send mslookup answer: %s", exc)
+            self.send_errors += 1
+            # a firewall dropping every answer must not flood the log: warn once per errno
+            level = logging.DEBUG if exc.errno in self._warned else logging.WARNING
+            self._warned.add(exc.errno)
+            log.log(level, "cannot send mslookup answer: %s (%d so far)", exc, self.send_errors)

@@ -27,6 +27,9 @@ DEFAULT_GROUP_V4 = "239.192.23.42"
 DEFAULT_GROUP_V6 = "ff08::23:42"
 DEFAULT_PORT = 4266
 _RCVBUF = 4 * 1024 * 1024
+#: Linux: ask for the count of datagrams the kernel dropped on a full receive buffer.
+SO_RXQ_OVFL = getattr(socket, "SO_RXQ_OVFL", 40)
+_warned_rcvbuf = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -116,6 +119,29 @@ def _v4_interface(interface: str | None) -> tuple[bytes, int]:
     return addr.packed, 0
 
 
+def _grow_receive_buffer(sock: socket.socket) -> None:
+    """Bursts of answers (thousands of lookups at once, every site answering every re-sent
+    copy) must not overflow the socket. Ask for 4 MiB; the kernel clamps to
+    net.core.rmem_max unless we may force it (root, CAP_NET_ADMIN)."""
+    global _warned_rcvbuf
+    with contextlib.suppress(OSError):
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, _RCVBUF)
+    if sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF) >= _RCVBUF:
+        return
+    force = getattr(socket, "SO_RCVBUFFORCE", 33)
+    with contextlib.suppress(OSError):
+        sock.setsockopt(socket.SOL_SOCKET, force, _RCVBUF)
+    granted = sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF)
+    if granted < _RCVBUF and not _warned_rcvbuf:
+        _warned_rcvbuf = True
+        import logging  # only here: the per-call AGI script must not pay for it
+
+        logging.getLogger("dgsm.mslookup").warning(
+            "mslookup socket receive buffer is %d KiB, not the %d KiB asked for; under bursts "
+            "of lookups answers may be dropped (counted as kernel_drops). Fix: sysctl -w "
+            "net.core.rmem_max=%d", granted // 1024, _RCVBUF // 1024, _RCVBUF)
+
+
 def open_socket(config: MulticastConfig, *, bind_source: str | None = None) -> socket.socket:
     """Open a non-blocking UDP socket joined to the group.
 
@@ -126,8 +152,9 @@ def open_socket(config: MulticastConfig, *, bind_source: str | None = None) -> s
     try:
         sock.setblocking(False)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        with contextlib.suppress(OSError):  # a flood of junk must not crowd out answers
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, _RCVBUF)
+        _grow_receive_buffer(sock)
+        with contextlib.suppress(OSError):
+            sock.setsockopt(socket.SOL_SOCKET, SO_RXQ_OVFL, 1)
         if config.family == socket.AF_INET:
             local, ifindex = _v4_interface(config.interface)
             sock.bind((bind_source or config.group, config.port))

@@ -13,7 +13,10 @@ that the numbers in ``age=`` and ``port=`` must be plain digits (C's strtoll wou
 from __future__ import annotations
 
 import ipaddress
+import re
+import socket
 import struct
+from functools import lru_cache
 
 from dnslib import AAAA, QTYPE, RR, TXT, A, DNSBuffer, DNSHeader, DNSQuestion
 
@@ -93,6 +96,10 @@ def is_answer(data: bytes) -> bool | None:
     return bool(data[2] & 0x80)
 
 
+#: One label's bytes: printable ASCII without blank and dot.
+_LABEL_BYTES = re.compile(rb"[\x21-\x2d\x2f-\x7e]+")
+
+
 def _read_name(data: bytes, offset: int) -> tuple[str, int]:
     """Read an uncompressed name; return it (dotted) and the offset after it."""
     labels: list[str] = []
@@ -109,7 +116,7 @@ def _read_name(data: bytes, offset: int) -> tuple[str, int]:
         label = data[offset:offset + length]
         if len(label) != length:
             raise WireError("label runs past the end of the packet")
-        if any(b <= 0x20 or b >= 0x7F or b == 0x2E for b in label):
+        if not _LABEL_BYTES.fullmatch(label):
             raise WireError("label with a dot, blank or non-ASCII byte")
         labels.append(label.decode("ascii"))
         offset += length
@@ -121,6 +128,7 @@ def _read_name(data: bytes, offset: int) -> tuple[str, int]:
     return ".".join(labels), offset
 
 
+@lru_cache(maxsize=4096)
 def _query_from_name(name: str, suffix: str) -> Query:
     tail = "." + suffix
     if not name.endswith(tail) or len(name) <= len(tail):
@@ -190,8 +198,15 @@ def decode_answer(data: bytes, suffix: str = DEFAULT_SUFFIX) -> Answer:
     v4: Endpoint | None = None
     v6: Endpoint | None = None
     pending: tuple[int, str] | None = None  # (family, host) waiting for its port
+    name_wire = b""
     while offset < len(data):
-        rname, offset = _read_name(data, offset)
+        if name_wire and data.startswith(name_wire, offset):
+            rname, offset = name, offset + len(name_wire)  # the same name again (the rule)
+        else:
+            start = offset
+            rname, offset = _read_name(data, offset)
+            if not name_wire:
+                name_wire = data[start:offset]
         if offset + 10 > len(data):
             raise WireError("truncated resource record")
         rtype, _rclass, _ttl, rdlength = struct.unpack_from("!HHIH", data, offset)
@@ -213,13 +228,15 @@ def decode_answer(data: bytes, suffix: str = DEFAULT_SUFFIX) -> Answer:
                 raise WireError(f"duplicate {'A' if family == 4 else 'AAAA'} record")
             if rdlength != size:
                 raise WireError(f"address record of {rdlength} bytes")
-            host = str(ipaddress.ip_address(rdata))
+            # the same canonical text as Endpoint() gives (inet_ntop differs for ::ffff:a.b.c.d)
+            host = (socket.inet_ntop(socket.AF_INET, rdata) if family == 4
+                    else str(ipaddress.IPv6Address(rdata)))
             pending = (family, host)
             # placeholder so a duplicate is seen even before its port arrives
             if family == 4:
-                v4 = Endpoint(host, 0)
+                v4 = Endpoint.trusted(host, 0)
             else:
-                v6 = Endpoint(host, 0)
+                v6 = Endpoint.trusted(host, 0)
         elif rtype == TYPE_TXT:
             key, value = _txt_key_value(rdata)
             if key == "age":
@@ -232,9 +249,9 @@ def decode_answer(data: bytes, suffix: str = DEFAULT_SUFFIX) -> Answer:
                 port = _number(value, "port", 65535)
                 family, host = pending
                 if family == 4:
-                    v4 = Endpoint(host, port)
+                    v4 = Endpoint.trusted(host, port)
                 else:
-                    v6 = Endpoint(host, port)
+                    v6 = Endpoint.trusted(host, port)
                 pending = None
             else:
                 raise WireError(f"unknown TXT key {key!r}")
