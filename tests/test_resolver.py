@@ -300,3 +300,17 @@ def test_ipv6_multicast_over_veth(veth: tuple[str, str], group: str) -> None:
             assert res.v4 == Endpoint("127.0.0.4", 5060)
             assert res.site is not None and res.site.startswith("fe80:")
     run(body())
+
+
+@pytest.mark.parametrize("answer", [None, "4,127.0.0.4:5060"])
+def test_stream_longer_than_min_delay_ends_at_timeout(answer: str | None) -> None:
+    """Regression: with nothing by min_delay, a stream with timeout > min_delay must still end."""
+    async def body() -> None:
+        q = "sip.voice.1009.msisdn"
+        async with site(1, {q: answer} if answer else {}), resolver() as r:
+            results = [x async for x in r.stream(q, min_delay=0.1, timeout=0.3)]
+            expected = ([(Outcome.FOUND, False), (Outcome.NONE, True)] if answer
+                        else [(Outcome.NOT_FOUND, True)])
+            assert [(x.outcome, x.last) for x in results] == expected
+            assert 0.3 <= results[-1].elapsed < 0.4
+    run(body())

@@ -118,6 +118,7 @@ class _Subscriber:
     on_answer: Callable[[AnswerTrace], None] | None
     flight: _Flight
     timer: asyncio.TimerHandle | None = None
+    timer_at: float | None = None
 
 
 @dataclass(eq=False)
@@ -345,13 +346,17 @@ class AsyncResolver:
         self._arm_send(flight)
 
     def _arm(self, sub: _Subscriber) -> None:
+        """Make sure a timer fires at the selection's current deadline."""
         assert self._loop is not None
+        deadline = sub.selection.deadline
         if sub.timer is not None:
+            if sub.timer_at == deadline:
+                return
             sub.timer.cancel()
             sub.timer = None
-        deadline = sub.selection.deadline
         if deadline is not None:
             sub.timer = self._loop.call_at(deadline, self._tick, sub)
+            sub.timer_at = deadline
 
     def _tick(self, sub: _Subscriber) -> None:
         assert self._loop is not None
@@ -377,8 +382,8 @@ class AsyncResolver:
             sub.deliver(result)
         if sub.selection.done:
             self._finish(sub)
-        elif results:
-            self._arm(sub)
+        else:
+            self._arm(sub)  # the deadline may have moved, with or without a result
 
     def _finish(self, sub: _Subscriber) -> None:
         if sub.timer is not None:
@@ -392,10 +397,12 @@ class AsyncResolver:
             del self._flights[flight.query.key]
 
     def _feed(self, sub: _Subscriber, answer: Answer, site: str, now: float) -> None:
+        before = sub.selection.best
         results = sub.selection.feed(answer, now, site)
         if sub.on_answer is not None:
+            won = sub.selection.best is not before  # this answer became the best
             trace = AnswerTrace(answer.query, site, answer.age, answer.v4, answer.v6,
-                                sub.selection.best is answer, now - sub.selection.start)
+                                won, now - sub.selection.start)
             try:
                 sub.on_answer(trace)
             except Exception:

@@ -1,0 +1,459 @@
+"""``dgsm-mslookup``: a drop-in for ``osmo-mslookup-client``, without its faults.
+
+Same query syntax, flags, CSV/JSON output and daemon socket protocol as the C tool; beyond it:
+``--trace`` shows every answer as it arrives, ``serve`` answers queries like OsmoHLR, results
+never cross between daemon clients, an invalid query is an error instead of a hang.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import signal
+import socket
+import stat
+import sys
+from collections.abc import Callable
+from typing import NoReturn
+
+from .. import __version__
+from .aio import AnswerTrace, AsyncResolver
+from .errors import InvalidQuery, MslookupError, TransportError
+from .model import Endpoint, Outcome, Result
+from .query import DEFAULT_SUFFIX, Query
+from .responder import Record, Responder
+from .transport import DEFAULT_GROUP_V4, DEFAULT_PORT, MulticastConfig, open_socket
+from .wire import encode_answer
+
+__all__ = ["format_csv", "format_error", "format_json", "main"]
+
+CSV_HEADERS = "query\tresult\tlast\tage\tv4_ip\tv4_port\tv6_ip\tv6_port"
+EXIT_OK, EXIT_INVALID, EXIT_FAILURE, EXIT_NOT_FOUND = 0, 1, 2, 3
+MAX_CLIENTS = 1024
+CLIENT_READ_TIMEOUT = 10.0
+_RESULT_NAMES = {Outcome.FOUND: "result", Outcome.NOT_FOUND: "not-found", Outcome.NONE: "none"}
+
+log = logging.getLogger("dgsm.mslookup.cli")
+
+DESCRIPTION = """\
+Find where a subscriber is now in a D-GSM network: ask every site's OsmoHLR at once
+(mslookup over multicast DNS) and print the youngest answer. A drop-in for
+osmo-mslookup-client: same query syntax, flags and output.
+
+query: [[DELAY-][TIMEOUT]@]SERVICE.ID.IDTYPE   (DELAY, TIMEOUT in milliseconds)
+  sip.voice.12345.msisdn          wait --min-delay, print the youngest answer
+  gsup.hlr.901700000000001.imsi   an age-0 answer is printed at once
+  1000-5000@sip.voice.12345.msisdn  silent for 1 s, then the best, then younger ones until 5 s
+"""
+
+EPILOG = """\
+examples:
+  dgsm-mslookup -f json sip.voice.12345.msisdn
+  dgsm-mslookup --trace --interface eth1 1000-@smpp.sms.12345.msisdn
+  dgsm-mslookup -s /run/mslookup.sock -d          (daemon; clients as with the C tool)
+  dgsm-mslookup serve --answer sip.voice.12345.msisdn=5,10.0.0.2:5060
+  dgsm-mslookup -S sip.voice.12345.msisdn 5 10.0.0.2 5060     (send one answer, for tests)
+
+exit status: 0 every query answered, found or not (as osmo-mslookup-client);
+  1 invalid usage or query; 2 failure (socket, network); 3 not found (only with
+  --fail-not-found).
+"""
+
+
+def format_csv(query: str, result: Result) -> str:
+    """A result row exactly as osmo-mslookup-client prints it."""
+    row = f"{query}\t{_RESULT_NAMES.get(result.outcome, 'none')}"
+    row += f"\t{'last' if result.last else 'not-last'}\t{result.age or 0}"
+    if result.outcome is Outcome.FOUND:
+        for ep in (result.v4, result.v6):
+            row += f"\t{ep.host}\t{ep.port}" if ep is not None else "\t\t"
+    else:
+        row += "\t\t\t\t\t"
+    return row
+
+
+def format_json(query: str, result: Result) -> str:
+    """A result line exactly as osmo-mslookup-client prints it (port as a string)."""
+    line = "{" + f'"query": {json.dumps(query)}'
+    line += f', "result": "{_RESULT_NAMES.get(result.outcome, "none")}"'
+    line += f', "last": {"true" if result.last else "false"}, "age": {result.age or 0}'
+    if result.outcome is Outcome.FOUND:
+        for key, ep in (("v4", result.v4), ("v6", result.v6)):
+            if ep is not None:
+                line += f', "{key}": [{json.dumps(ep.host)}, "{ep.port}"]'
+    return line + "}"
+
+
+def format_error(query: str, json_format: bool) -> str:
+    if json_format:
+        return "{" + f'"query": {json.dumps(query)}, "result": "ERROR"' + "}"
+    return f"{query}\tERROR\t\t\t\t\t\t"
+
+
+def _domain_part(text: str) -> str:
+    """The query column: the query string without its timing prefix (as the C tool)."""
+    return text.split("@", 1)[1] if "@" in text else text
+
+
+def _printable(text: str) -> str:
+    return "".join(c if c.isprintable() and c != "\t" else "?" for c in text)[:200]
+
+
+def _trace_printer(query: str) -> Callable[[AnswerTrace], None]:
+    def trace(t: AnswerTrace) -> None:
+        eps = " ".join(str(e) for e in (t.v4, t.v6) if e is not None)
+        best = "  <- best so far" if t.won else ""
+        print(f"trace {query}: {t.elapsed * 1000:8.1f} ms  from {t.site}  age={t.age}  "
+              f"{eps}{best}", file=sys.stderr, flush=True)
+    return trace
+
+
+def _fail_hint(exc: TransportError) -> str:
+    return (f"{exc}\nCheck that the interface is up and has a route for multicast "
+            "(e.g. ip route add 224.0.0.0/4 dev <iface>), or pick one with --interface.")
+
+
+def _positive_ms(text: str) -> int:
+    if not text.isdigit() or int(text) > 3_600_000:
+        raise argparse.ArgumentTypeError(f"need milliseconds 0..3600000, not {text!r}")
+    return int(text)
+
+
+def _port(text: str) -> int:
+    if not text.isdigit() or not 1 <= int(text) <= 65535:
+        raise argparse.ArgumentTypeError(f"need a port 1..65535, not {text!r}")
+    return int(text)
+
+
+def _add_network_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("network")
+    g.add_argument("-m", "--mdns-ip", default=DEFAULT_GROUP_V4, metavar="GROUP",
+                   help="multicast group, IPv4 or IPv6 (default %(default)s; IPv6: ff08::23:42)")
+    g.add_argument("-M", "--mdns-port", type=_port, default=DEFAULT_PORT, metavar="PORT",
+                   help="multicast port (default %(default)s)")
+    g.add_argument("-D", "--mdns-domain-suffix", default=DEFAULT_SUFFIX, metavar="SUFFIX",
+                   help="domain suffix, as OsmoHLR's 'mdns domain-suffix' (default %(default)s)")
+    g.add_argument("--interface", metavar="IFACE|ADDR",
+                   help="send and listen on this interface (name, or local IPv4 address; "
+                   "127.0.0.1 = loopback only). Default: the kernel's choice")
+    g.add_argument("--ttl", type=int, default=1, choices=range(256), metavar="N",
+                   help="multicast TTL / hop limit (default 1: same link only)")
+    g.add_argument("-q", "--quiet", action="store_true",
+                   help="do not print errors to stderr")
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        self.print_usage(sys.stderr)
+        self.exit(EXIT_INVALID, f"{self.prog}: error: {message}\n")
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = _Parser(
+        prog="dgsm-mslookup", description=DESCRIPTION, epilog=EPILOG, allow_abbrev=False,
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("queries", nargs="*", metavar="QUERY", help="what to look up (see above)")
+    out = p.add_argument_group("output")
+    out.add_argument("-f", "--format", default="csv", metavar="csv|json",
+                     help="tab-separated CSV (default) or JSON lines")
+    out.add_argument("-H", "--no-csv-headers", action="store_true",
+                     help="no CSV header line")
+    out.add_argument("--trace", action="store_true",
+                     help="print every answer as it arrives to stderr: time, site, age, best")
+    out.add_argument("--fail-not-found", action="store_true",
+                     help="exit with status 3 when a query is not found")
+    t = p.add_argument_group("timing")
+    t.add_argument("-t", "--min-delay", type=_positive_ms, default=1000, metavar="MS",
+                   help="collect answers this long, then print the youngest (default 1000)")
+    t.add_argument("-T", "--timeout", type=_positive_ms, default=1000, metavar="MS",
+                   help="keep printing younger answers until then (default 1000; "
+                   "if smaller than -t, -t applies)")
+    t.add_argument("--resend", type=int, default=4, choices=range(21), metavar="N",
+                   help="re-send each query N more times within min-delay (default 4)")
+    t.add_argument("--trusted", action="append", metavar="CIDR",
+                   help="accept answers only from, and naming, these networks (repeatable)")
+    d = p.add_argument_group("daemon")
+    d.add_argument("-s", "--socket", metavar="PATH",
+                   help="serve queries on this unix SOCK_SEQPACKET socket (with -d)")
+    d.add_argument("-d", "--daemon", action="store_true", help="keep running (with -s)")
+    p.add_argument("-S", "--send", action="store_true",
+                   help="send one answer instead: -S QUERY AGE IP PORT [IP PORT]")
+    p.add_argument("-V", "--version", action="version",
+                   version=f"dgsm-mslookup {__version__}")
+    _add_network_args(p)
+    return p
+
+
+def _serve_parser() -> argparse.ArgumentParser:
+    p = _Parser(
+        prog="dgsm-mslookup serve", allow_abbrev=False,
+        description="Answer mslookup queries like OsmoHLR, from the command line (for tests, "
+        "labs and sites without OsmoHLR). Silent for anything not listed.",
+        epilog="example: dgsm-mslookup serve --interface 127.0.0.1 "
+        "--answer sip.voice.123.msisdn=5,10.0.0.2:5060,[fd00::2]:5060")
+    p.add_argument("--answer", action="append", required=True, metavar="QUERY=AGE,IP:PORT",
+                   help="answer QUERY with this age and endpoint(s) (repeatable)")
+    p.add_argument("--source", metavar="ADDR",
+                   help="send answers from this local address (play a site on one host)")
+    _add_network_args(p)
+    return p
+
+
+class _Cli:
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.args = args
+        fmt = args.format or "csv"
+        if "json".startswith(fmt):
+            self.json = True
+        elif "csv".startswith(fmt):
+            self.json = False
+        else:
+            raise InvalidQuery(f"invalid format {fmt!r}: need csv or json")
+
+    def err(self, message: str) -> None:
+        if not self.args.quiet:
+            print(f"dgsm-mslookup: {message}", file=sys.stderr, flush=True)
+
+    def fmt(self, query: str, result: Result) -> str:
+        if result.outcome is Outcome.ERROR:
+            return format_error(query, self.json)
+        return (format_json if self.json else format_csv)(query, result)
+
+    def resolver(self) -> AsyncResolver:
+        a = self.args
+        return AsyncResolver(group=a.mdns_ip, port=a.mdns_port, interface=a.interface,
+                             ttl=a.ttl, suffix=a.mdns_domain_suffix,
+                             min_delay=a.min_delay / 1000, timeout=a.timeout / 1000,
+                             resend=a.resend, trusted=a.trusted)
+
+    async def one_shot(self) -> int:
+        if not self.json and not self.args.no_csv_headers:
+            print(CSV_HEADERS, flush=True)
+        # Validate every query before any socket is opened: nothing is sent for bad input.
+        valid: list[tuple[str, Query]] = []
+        invalid = False
+        for text in self.args.queries:
+            shown = _domain_part(text)
+            try:
+                valid.append((shown, Query.parse(text)))
+            except InvalidQuery as exc:
+                invalid = True
+                self.err(f"invalid query {_printable(text)!r}: {exc}")
+                print(format_error(_printable(shown), self.json), flush=True)
+        if not valid:
+            return EXIT_INVALID
+        async with self.resolver() as resolver:
+
+            async def lookup(shown: str, query: Query) -> int:
+                found = False
+                trace = _trace_printer(shown) if self.args.trace else None
+                async for result in resolver.stream(query, on_answer=trace):
+                    print(self.fmt(shown, result), flush=True)
+                    found = found or result.outcome is Outcome.FOUND
+                    if result.outcome is Outcome.ERROR:
+                        self.err(f"{shown}: {result.reason}")
+                        return EXIT_FAILURE
+                return EXIT_NOT_FOUND if not found and self.args.fail_not_found else EXIT_OK
+
+            codes = await asyncio.gather(*(lookup(shown, q) for shown, q in valid))
+        if invalid:
+            return EXIT_INVALID
+        if EXIT_FAILURE in codes:
+            return EXIT_FAILURE
+        return EXIT_NOT_FOUND if EXIT_NOT_FOUND in codes else EXIT_OK
+
+    async def daemon(self) -> int:
+        path = self.args.socket
+        _remove_stale_socket(path)
+        server = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        try:
+            server.bind(path)
+        except OSError as exc:
+            server.close()
+            raise TransportError(f"cannot bind unix socket {path}: {exc.strerror}") from exc
+        server.listen(64)
+        server.setblocking(False)
+        loop = asyncio.get_running_loop()
+        stop = asyncio.Event()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        clients: set[asyncio.Task[None]] = set()
+        self.err(f"serving mslookup queries on {path}")
+        try:
+            async with self.resolver() as resolver:
+                accept = asyncio.ensure_future(loop.sock_accept(server))
+                stopping = asyncio.ensure_future(stop.wait())
+                while True:
+                    done, _ = await asyncio.wait({accept, stopping},
+                                                 return_when=asyncio.FIRST_COMPLETED)
+                    if stopping in done:
+                        accept.cancel()
+                        break
+                    conn, _addr = accept.result()
+                    accept = asyncio.ensure_future(loop.sock_accept(server))
+                    if len(clients) >= MAX_CLIENTS:
+                        conn.close()
+                        continue
+                    task = asyncio.ensure_future(self._client(resolver, conn))
+                    clients.add(task)
+                    task.add_done_callback(clients.discard)
+                for task in list(clients):
+                    task.cancel()
+                await asyncio.gather(*clients, return_exceptions=True)
+        finally:
+            server.close()
+            with contextlib.suppress(OSError):
+                os.unlink(path)
+        return EXIT_OK
+
+    async def _client(self, resolver: AsyncResolver, conn: socket.socket) -> None:
+        loop = asyncio.get_running_loop()
+        conn.setblocking(False)
+        try:
+            if not self.json and not self.args.no_csv_headers:
+                await loop.sock_sendall(conn, CSV_HEADERS.encode())
+            packet = await asyncio.wait_for(loop.sock_recv(conn, 1024), CLIENT_READ_TIMEOUT)
+            if not packet:
+                return
+            text = packet.decode("ascii", "replace").splitlines()[0] if packet.strip() else ""
+            shown = _printable(_domain_part(text))
+            try:
+                query = Query.parse(text)
+            except InvalidQuery as exc:
+                log.info("daemon: invalid query %r: %s", shown, exc)
+                await loop.sock_sendall(conn, format_error(shown, self.json).encode())
+                return
+            # a second query on the same connection is refused, as in the C tool
+            extra = asyncio.ensure_future(loop.sock_recv(conn, 1024))
+            async with contextlib.aclosing(resolver.stream(query)) as results:
+                async for result in results:
+                    if extra.done():
+                        more = extra.result()
+                        if not more:
+                            return  # client went away: the lookup is cancelled
+                        await loop.sock_sendall(conn, format_error(
+                            _printable(_domain_part(more.decode("ascii", "replace").strip())),
+                            self.json).encode())
+                        extra = asyncio.ensure_future(loop.sock_recv(conn, 1024))
+                    await loop.sock_sendall(conn, self.fmt(shown, result).encode())
+            extra.cancel()
+        except (OSError, TimeoutError):
+            pass
+        finally:
+            conn.close()
+
+
+def _remove_stale_socket(path: str) -> None:
+    try:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        return
+    if not stat.S_ISSOCK(mode):
+        raise TransportError(f"{path} exists and is not a socket; remove it or pick another")
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    try:
+        probe.connect(path)
+    except OSError:
+        os.unlink(path)  # nobody listens: stale
+        return
+    finally:
+        probe.close()
+    raise TransportError(f"another daemon already listens on {path}")
+
+
+def _send(args: argparse.Namespace) -> int:
+    values = args.queries
+    if len(values) not in (4, 6):
+        raise InvalidQuery("--send needs QUERY AGE IP PORT [IP PORT]")
+    query = Query.parse(values[0])
+    if not values[1].isdigit():
+        raise InvalidQuery(f"invalid age {values[1]!r}")
+    endpoints = [Endpoint(values[i], int(values[i + 1]) if values[i + 1].isdigit() else -1)
+                 for i in range(2, len(values), 2)]
+    v4 = next((e for e in endpoints if e.family == 4), None)
+    v6 = next((e for e in endpoints if e.family == 6), None)
+    config = MulticastConfig(args.mdns_ip, args.mdns_port, args.interface, args.ttl)
+    packet = encode_answer(query, 0, int(values[1]), v4, v6, args.mdns_domain_suffix)
+    sock = open_socket(config)
+    try:
+        sock.sendto(packet, config.destination())
+    except OSError as exc:
+        raise TransportError(f"cannot send to {config.describe()}: {exc.strerror}") from exc
+    finally:
+        sock.close()
+    print(f"Sending mDNS to {config.describe()}: {query.domain} age={values[1]} "
+          + " ".join(str(e) for e in endpoints))
+    return EXIT_OK
+
+
+async def _serve(args: argparse.Namespace) -> int:
+    table: dict[str, Record] = {}
+    for item in args.answer:
+        query, sep, record = item.partition("=")
+        if not sep:
+            raise InvalidQuery(f"invalid --answer {item!r}: need QUERY=AGE,IP:PORT")
+        table[Query.parse(query).domain] = Record.parse(record)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    responder = Responder(table, group=args.mdns_ip, port=args.mdns_port,
+                          interface=args.interface, ttl=args.ttl,
+                          suffix=args.mdns_domain_suffix, source=args.source)
+    async with responder:
+        print(f"answering {len(table)} queries on {responder.config.describe()}", flush=True)
+        await stop.wait()
+    print(f"served {responder.queries} queries, answered {responder.answered}", flush=True)
+    return EXIT_OK
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    logging.basicConfig(level=logging.WARNING, format="dgsm-mslookup: %(message)s")
+    if argv[:1] == ["serve"]:
+        args = _serve_parser().parse_args(argv[1:])
+        try:
+            return asyncio.run(_serve(args))
+        except InvalidQuery as exc:
+            print(f"dgsm-mslookup serve: {exc}", file=sys.stderr)
+            return EXIT_INVALID
+        except TransportError as exc:
+            print(f"dgsm-mslookup serve: {_fail_hint(exc)}", file=sys.stderr)
+            return EXIT_FAILURE
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if args.quiet:
+        logging.disable(logging.CRITICAL)
+    try:
+        if args.send:
+            return _send(args)
+        cli = _Cli(args)
+        if args.socket:
+            if not args.daemon:
+                parser.error("-s/--socket needs -d/--daemon")
+            if args.queries:
+                parser.error("in daemon mode, queries come over the socket")
+            return asyncio.run(cli.daemon())
+        if not args.queries:
+            parser.print_help()
+            return EXIT_INVALID
+        return asyncio.run(cli.one_shot())
+    except InvalidQuery as exc:
+        if not args.quiet:
+            print(f"dgsm-mslookup: {exc}", file=sys.stderr)
+        return EXIT_INVALID
+    except (TransportError, MslookupError) as exc:
+        if not args.quiet:
+            print(f"dgsm-mslookup: {_fail_hint(exc) if isinstance(exc, TransportError) else exc}",
+                  file=sys.stderr)
+        return EXIT_FAILURE
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,218 @@
+"""dgsm-mslookup: output, exit status, daemon mode, serve, and interop with the C tool."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from dgsm_integrations.mslookup.cli import CSV_HEADERS
+
+from .conftest import LO
+
+PORT = 42661
+ROOT = Path(__file__).resolve().parents[1]
+ENV = {**os.environ, "PYTHONPATH": str(ROOT)}
+ALICE = "sip.voice.1001.msisdn"
+HLR = "gsup.hlr.901700000000001.imsi"
+
+
+def cli(*args: str, port: int = PORT, timeout: float = 15) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "dgsm_integrations.mslookup", "--interface", LO, "-M", str(port),
+         *args], capture_output=True, text=True, timeout=timeout, env=ENV, cwd=ROOT)
+
+
+def c_tool() -> str:
+    path = shutil.which("osmo-mslookup-client")
+    if path is None:
+        if os.environ.get("CI") == "true":
+            pytest.fail("osmo-mslookup-client missing: apt-get install osmo-mslookup-utils")
+        pytest.skip("osmo-mslookup-client missing: apt-get install osmo-mslookup-utils")
+    return path
+
+
+@pytest.fixture
+def serve() -> Iterator[subprocess.Popen[str]]:
+    """`dgsm-mslookup serve` as a site: Alice at age 5 (v4+v6), and her home HLR."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "dgsm_integrations.mslookup", "serve", "--interface", LO,
+         "-M", str(PORT), "--answer", f"{ALICE}=5,127.0.0.2:5060,[fd00::2]:5060",
+         "--answer", f"{HLR}=0,127.0.0.1:4222"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV, cwd=ROOT)
+    assert proc.stdout is not None
+    assert proc.stdout.readline().startswith("answering 2 queries")  # ready
+    yield proc
+    proc.terminate()
+    out, _ = proc.communicate(timeout=10)
+    assert proc.returncode == 0 and "served" in out
+
+
+def test_csv_and_exit_status(serve: subprocess.Popen[str]) -> None:
+    r = cli("-t", "200", "-T", "200", ALICE, "sip.voice.1002.msisdn")
+    assert r.returncode == 0, r.stderr
+    lines = r.stdout.splitlines()
+    assert lines[0] == CSV_HEADERS
+    assert sorted(lines[1:]) == [
+        f"{ALICE}\tresult\tlast\t5\t127.0.0.2\t5060\tfd00::2\t5060",
+        "sip.voice.1002.msisdn\tnot-found\tlast\t0\t\t\t\t\t",
+    ]
+    r = cli("-H", "--fail-not-found", "-t", "100", "sip.voice.1002.msisdn")
+    assert r.returncode == 3 and not r.stdout.startswith("query")
+
+
+def test_stream_with_timeout_longer_than_min_delay(serve: subprocess.Popen[str]) -> None:
+    r = cli("-f", "json", "--trace", "100-300@" + ALICE)
+    assert r.returncode == 0
+    rows = [json.loads(line) for line in r.stdout.splitlines()]
+    assert [(x["result"], x["last"]) for x in rows] == [("result", False), ("none", True)]
+    assert rows[0]["v4"] == ["127.0.0.2", "5060"] and rows[0]["query"] == ALICE
+    traces = [line for line in r.stderr.splitlines() if line.startswith("trace")]
+    assert traces and "from 127.0.0.1" in traces[0] and "best so far" in traces[0]
+    assert sum("best so far" in t for t in traces) == 1  # re-sent copies are not "new best"
+
+
+def test_invalid_query_is_an_error_not_a_hang() -> None:
+    started = time.monotonic()
+    r = cli("sip.voice.12a;x.msisdn")
+    assert r.returncode == 1
+    assert r.stdout.splitlines()[1] == "sip.voice.12a;x.msisdn\tERROR\t\t\t\t\t\t"
+    assert "invalid" in r.stderr and time.monotonic() - started < 5
+    r = cli("-f", "json", "-q", "5000@x.y")
+    assert r.returncode == 1 and json.loads(r.stdout) == {"query": "x.y", "result": "ERROR"}
+    assert r.stderr == ""
+    assert cli("--bogus").returncode == 1
+    assert cli("-f", "xml", ALICE).returncode == 1
+
+
+def test_help_teaches() -> None:
+    r = cli("--help")
+    assert r.returncode == 0
+    for word in ("examples:", "exit status", "--trace", "serve", "-s /run/mslookup.sock"):
+        assert word in r.stdout
+
+
+def _daemon_query(path: str, query: str) -> tuple[str, list[str]]:
+    with socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET) as s:
+        s.settimeout(10)
+        s.connect(path)
+        header = s.recv(1024).decode()
+        s.sendall(query.encode())
+        rows = []
+        while packet := s.recv(1024):
+            rows.append(packet.decode())
+        return header, rows
+
+
+def _start_daemon(cmd: list[str], path: Path) -> subprocess.Popen[str]:
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env=ENV, cwd=ROOT)
+    deadline = time.monotonic() + 10
+    while not path.exists():  # the daemon is ready once its socket exists
+        assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
+        time.sleep(0.01)
+    return proc
+
+
+def test_daemon_keeps_clients_apart(serve: subprocess.Popen[str], tmp_path: Path) -> None:
+    path = tmp_path / "mslookup.sock"
+    proc = _start_daemon([sys.executable, "-m", "dgsm_integrations.mslookup", "--interface",
+                          LO, "-M", str(PORT), "-t", "200", "-s", str(path), "-d"], path)
+    try:
+        from concurrent.futures import ThreadPoolExecutor
+        queries = [ALICE, ALICE, "sip.voice.1002.msisdn", HLR, "sip.voice.x.msisdn"]
+        with ThreadPoolExecutor(len(queries)) as pool:
+            answers = list(pool.map(lambda q: _daemon_query(str(path), q), queries))
+        for query, (header, rows) in zip(queries, answers, strict=True):
+            assert header == CSV_HEADERS
+            assert rows, query
+            assert all(row.startswith(query + "\t") for row in rows), (query, rows)
+        assert answers[0][1][-1] == f"{ALICE}\tnone\tlast\t5\t\t\t\t\t"
+        assert answers[2][1] == ["sip.voice.1002.msisdn\tnot-found\tlast\t0\t\t\t\t\t"]
+        assert answers[3][1] == [f"{HLR}\tresult\tlast\t0\t127.0.0.1\t4222\t\t"]
+        assert answers[4][1] == ["sip.voice.x.msisdn\tERROR\t\t\t\t\t\t"]
+        # a client that goes away mid-lookup does not disturb the daemon
+        with socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET) as s:
+            s.connect(str(path))
+            s.sendall(b"5000@sip.voice.1003.msisdn")
+        assert _daemon_query(str(path), HLR)[1][0].startswith(HLR + "\tresult")
+        # a second daemon on the same path refuses to start
+        second = cli("-s", str(path), "-d")
+        assert second.returncode == 2 and "already listens" in second.stderr
+    finally:
+        proc.terminate()
+        proc.communicate(timeout=10)
+    assert proc.returncode == 0 and not path.exists()
+
+
+def test_c_tool_against_our_serve(serve: subprocess.Popen[str]) -> None:
+    tool = c_tool()
+    args = ["-f", "json", "-t", "200", "-T", "200", "-M", str(PORT), ALICE, HLR,
+            "sip.voice.1002.msisdn"]
+    theirs = subprocess.run([tool, *args], capture_output=True, text=True, timeout=15)
+    ours = cli(*args)
+    assert theirs.returncode == ours.returncode == 0
+
+    def parse(out: str) -> list[dict[str, object]]:
+        return sorted((json.loads(x) for x in out.splitlines()), key=lambda d: str(d["query"]))
+
+    assert parse(theirs.stdout) == parse(ours.stdout)
+    assert {d["result"] for d in parse(ours.stdout)} == {"result", "not-found"}
+
+
+def _group_listener() -> socket.socket:
+    """A plain socket on the group, to see a query go out before answering it."""
+    listener = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    listener.bind(("239.192.23.42", PORT))
+    listener.setsockopt(socket.IPPROTO_IP, socket.IP_ADD_MEMBERSHIP,
+                        socket.inet_aton("239.192.23.42") + socket.inet_aton(LO))
+    listener.settimeout(10)
+    return listener
+
+
+def test_our_client_against_c_tool_send() -> None:
+    tool = c_tool()
+    # wait for our query on the group, then answer it with the C tool's --send
+    listener = _group_listener()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "dgsm_integrations.mslookup", "--interface", LO, "-M",
+         str(PORT), "-f", "json", "-t", "2000", ALICE],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV, cwd=ROOT)
+    try:
+        listener.recvfrom(2048)  # our query went out
+        sent = subprocess.run([tool, "-M", str(PORT), "--send", ALICE, "7", "127.0.0.7", "5060",
+                               "fd00::7", "5061"], capture_output=True, text=True, timeout=10)
+        assert sent.returncode == 0, sent.stderr
+        out, _err = proc.communicate(timeout=15)
+    finally:
+        listener.close()
+        if proc.poll() is None:
+            proc.kill()
+    assert json.loads(out) == {"query": ALICE, "result": "result", "last": True, "age": 7,
+                               "v4": ["127.0.0.7", "5060"], "v6": ["fd00::7", "5061"]}
+
+
+def test_our_send_reaches_the_c_tool() -> None:
+    tool = c_tool()
+    listener = _group_listener()  # joined before the C tool asks
+    proc = subprocess.Popen([tool, "-f", "json", "-t", "3000", "-M", str(PORT), HLR],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        listener.recvfrom(2048)  # the C tool's query went out
+        assert cli("-S", HLR, "0", "127.0.0.9", "4222").returncode == 0
+        out, _ = proc.communicate(timeout=15)
+    finally:
+        listener.close()
+        if proc.poll() is None:
+            proc.kill()
+    assert json.loads(out) == {"query": HLR, "result": "result", "last": True, "age": 0,
+                               "v4": ["127.0.0.9", "4222"]}
