@@ -1,0 +1,176 @@
+"""Benchmark the Asterisk integration; prints figures and ratios measured in the same run.
+
+1. The local AGI script ``asterisk/dgsm-agi``: wall time from spawn to exit for one call with
+   an age-0 answer (target: at most 80 ms), beside a bare ``python3 -c pass``.
+2. The FastAGI server (its own process, as deployed): the time each call adds beyond its
+   lookup, from the server's per-call log line (``added=``), at 200 concurrent sessions
+   (target: p99 at most 5 ms).
+
+Runs inside a private network namespace (re-executes itself under ``unshare -rn`` with lo up
+and 224.0.0.0/4 routed to it) so no packet leaves the machine. ``--quick`` for a short run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import re
+import socket
+import statistics
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from dgsm_integrations.mslookup import Endpoint, Record, Responder  # noqa: E402
+from tests.peers.agi import converse, env_block  # noqa: E402
+
+LO = "127.0.0.1"
+MDNS_PORT = 42738
+FASTAGI_PORT = 42737
+
+
+def _in_private_netns() -> bool:
+    return all(name == "lo" for _, name in socket.if_nameindex())
+
+
+def _reexec_in_netns() -> None:
+    if os.environ.get("DGSM_BENCH_NETNS") == "1":
+        sys.exit("bench: still not in a private network namespace; refusing to run")
+    script = ("ip link set lo up && ip route add 224.0.0.0/4 dev lo && "
+              'exec "$0" "$@"')
+    os.environ["DGSM_BENCH_NETNS"] = "1"
+    argv = ["unshare", "-rn", "sh", "-c", script, sys.executable,
+            str(Path(__file__).resolve()), *sys.argv[1:]]
+    os.execvp("unshare", argv)  # noqa: S606 (fixed argv, the script is ours)
+
+
+def pct(values: list[float], p: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(p / 100 * (len(ordered) - 1)))]
+
+
+async def spawn_wall(argv: list[str], env: dict[str, str], talk: bool) -> float:
+    t0 = time.perf_counter()
+    proc = await asyncio.create_subprocess_exec(
+        *argv, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.DEVNULL, env=env)
+    assert proc.stdin is not None and proc.stdout is not None
+    if talk:
+        ex = await converse(proc.stdout, proc.stdin, env_block(["1001"]), timeout=10)
+        assert ex.variables.get("DGSM_RESULT") == "found", ex
+    else:
+        proc.stdin.close()
+    await asyncio.wait_for(proc.wait(), 10)
+    return time.perf_counter() - t0
+
+
+async def bench_script(runs: int, tmp: Path) -> tuple[list[float], list[float]]:
+    conf = tmp / "asterisk.conf"
+    conf.write_text(f"interface = {LO}\nmdns-port = {MDNS_PORT}\nmin-delay = 1.0\n")
+    env = dict(os.environ, PYTHONPATH=str(ROOT), DGSM_AGI_CONFIG=str(conf))
+    script = [str(ROOT / "asterisk" / "dgsm-agi"), "1001"]
+    bare = [sys.executable, "-c", "pass"]
+    table = {"sip.voice.1001.msisdn": Record.parse("0,127.0.0.3:5060")}
+    async with Responder(table, interface=LO, port=MDNS_PORT, source="127.0.0.11"):
+        for _ in range(3):  # warm the page cache and .pyc files
+            await spawn_wall(script, env, True)
+            await spawn_wall(bare, env, False)
+        agi: list[float] = []
+        base: list[float] = []
+        for _ in range(runs):  # interleaved, so both see the same machine state
+            agi.append(await spawn_wall(script, env, True))
+            base.append(await spawn_wall(bare, env, False))
+    return agi, base
+
+
+async def one_call(i: int, start_after: float = 0.0) -> dict[str, str]:
+    if start_after:
+        await asyncio.sleep(start_after)  # load shaping (arrival time), not synchronisation
+    reader, writer = await asyncio.open_connection(LO, FASTAGI_PORT)
+    try:
+        ex = await converse(reader, writer,
+                            env_block([str(3000 + i)], network_script="dgsm?service=sip.voice"),
+                            timeout=20)
+    finally:
+        writer.close()
+    return ex.variables
+
+
+async def bench_fastagi(rounds: int, sessions: int,
+                        spread: float) -> tuple[list[float], list[float], int]:
+    records = {f"sip.voice.{3000 + i}.msisdn": Record(1 + i % 5, Endpoint("127.0.0.5", 5060))
+               for i in range(sessions)}
+    async with Responder(records, interface=LO, port=MDNS_PORT, source="127.0.0.11"):
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "dgsm_integrations.asterisk.fastagi", "--interface", LO,
+            "--mdns-port", str(MDNS_PORT), "--listen-port", str(FASTAGI_PORT),
+            "--min-delay", "0.2", "--log-level", "info",
+            stderr=asyncio.subprocess.PIPE, env=dict(os.environ, PYTHONPATH=str(ROOT)))
+        assert proc.stderr is not None
+        added: list[float] = []
+        lookup: list[float] = []
+        found = 0
+        try:
+            while b"listening on" not in await asyncio.wait_for(proc.stderr.readline(), 10):
+                pass
+            await one_call(0)  # warm-up
+            await asyncio.wait_for(proc.stderr.readline(), 10)
+            for _ in range(rounds):
+                results = await asyncio.gather(*(one_call(i, spread * i / sessions)
+                                                 for i in range(sessions)))
+                found += sum(r.get("DGSM_RESULT") == "found" for r in results)
+                for _ in range(sessions):
+                    line = (await asyncio.wait_for(proc.stderr.readline(), 10)).decode()
+                    m = re.search(r"lookup=([0-9.]+)ms total=[0-9.]+ms added=([0-9.]+)ms", line)
+                    assert m, line
+                    lookup.append(float(m.group(1)))
+                    added.append(float(m.group(2)))
+        finally:
+            proc.terminate()
+            await asyncio.wait_for(proc.wait(), 15)
+    return added, lookup, found
+
+
+async def main_async(args: argparse.Namespace) -> None:
+    import tempfile
+
+    runs = 10 if args.quick else 40
+    rounds = 1 if args.quick else 5
+    with tempfile.TemporaryDirectory() as tmp:
+        agi, base = await bench_script(runs, Path(tmp))
+    a50, b50 = statistics.median(agi) * 1000, statistics.median(base) * 1000
+    print(f"local AGI script, age-0 answer, {runs} runs (spawn to exit):")
+    print(f"  dgsm-agi           median {a50:6.1f} ms  p90 {pct(agi, 90) * 1000:6.1f} ms"
+          f"  min {min(agi) * 1000:6.1f} ms   (target <= 80 ms)")
+    print(f"  python3 -c pass    median {b50:6.1f} ms  p90 {pct(base, 90) * 1000:6.1f} ms"
+          f"  min {min(base) * 1000:6.1f} ms")
+    print(f"  ratio {a50 / b50:.2f}x, script cost beyond the bare interpreter {a50 - b50:.1f} ms")
+    for spread, label in ((0.0, "burst: all start at once, all lookups end together"),
+                          (0.19, "arrivals spread over 190 ms, all 200 open at once")):
+        added, lookup, found = await bench_fastagi(rounds, args.sessions, spread)
+        print(f"FastAGI server, {args.sessions} concurrent sessions x {rounds} rounds, {label} "
+              f"({found}/{len(added)} found), time added beyond the lookup:")
+        print(f"  added    p50 {pct(added, 50):6.2f} ms  p99 {pct(added, 99):6.2f} ms"
+              f"  max {max(added):6.2f} ms   (target p99 <= 5 ms)")
+        print(f"  lookup   p50 {pct(lookup, 50):6.1f} ms  p99 {pct(lookup, 99):6.1f} ms"
+              f"  (min-delay 200 ms); added p99 / lookup p50 "
+              f"{pct(added, 99) / pct(lookup, 50):.3f}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="a short run")
+    parser.add_argument("--sessions", type=int, default=200, help="concurrent FastAGI calls")
+    args = parser.parse_args()
+    if not _in_private_netns():
+        _reexec_in_netns()
+    asyncio.run(main_async(args))
+
+
+if __name__ == "__main__":
+    main()
