@@ -87,7 +87,7 @@ def test_script_is_executable_and_light() -> None:
             "sys.argv = ['x']\n"
             "import dgsm_integrations.asterisk.script\n"
             "print(sorted(m for m in ('asyncio', 'dgsm_integrations.mslookup.aio', "
-            "'argparse', 'logging') if m in sys.modules))\n")
+            "'argparse', 'logging', 'dnslib') if m in sys.modules))\n")
     import subprocess
 
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,

@@ -5,9 +5,9 @@ from __future__ import annotations
 import struct
 
 import pytest
-from dnslib import QTYPE, RR, TXT, A, DNSHeader, DNSRecord
+from dnslib import QTYPE, RR, TXT, A, DNSHeader, DNSQuestion, DNSRecord
 
-from dgsm_integrations.mslookup import Endpoint, IdType, Query, WireError
+from dgsm_integrations.mslookup import Endpoint, IdType, InvalidQuery, Query, WireError
 from dgsm_integrations.mslookup.wire import (
     decode_answer,
     decode_query,
@@ -29,6 +29,26 @@ def test_query_vectors_roundtrip(name: str) -> None:
     packet_id, query = decode_query(data, suffix)
     assert is_answer(data) is False
     assert encode_query(query, packet_id, suffix) == data
+
+
+@pytest.mark.parametrize("text", [
+    "sip.voice.1001.msisdn", "smpp.sms.123456789012345.msisdn", "gsup.hlr.901700000000001.imsi",
+    "a.1.MSISDN", "x_y-z." + "9" * 15 + ".msisdn", "s" * 63 + ".123456.imsi",
+])
+@pytest.mark.parametrize("suffix", ["mdns.osmocom.org", "example.net", "a.b.c.d.e"])
+@pytest.mark.parametrize("packet_id", [0, 1, 0x1234, 0xFFFF])
+def test_hand_written_query_equals_dnslib_packing(text: str, suffix: str, packet_id: int) -> None:
+    """encode_query is written by hand (no dnslib import); it must give dnslib's bytes."""
+    query = Query.parse(text)
+    reference = DNSRecord(DNSHeader(id=packet_id, bitmap=0, q=1),
+                          q=DNSQuestion(query.name(suffix), 255, 1)).pack()
+    assert encode_query(query, packet_id, suffix) == reference
+
+
+@pytest.mark.parametrize("suffix", ["", "a..b", "b" * 64, "ü.org", ".".join(["abcdefgh"] * 30)])
+def test_hand_written_query_refuses_names_dns_cannot_carry(suffix: str) -> None:
+    with pytest.raises(InvalidQuery):
+        encode_query(SIP, 1, suffix)
 
 
 @pytest.mark.parametrize("name", [v for v in all_vectors() if "answer" in v])

@@ -79,6 +79,7 @@ class _Session:
         self.hung_up = False
         self.protocol_error: str | None = None
         self.awaiting_reply = False
+        self.direct = False  # True once the pump is stopped: next_event reads the socket
 
     async def read_env(self) -> AgiEnv:
         parser = EnvParser()
@@ -114,7 +115,28 @@ class _Session:
         except (ConnectionError, OSError) as exc:
             self.queue.put_nowait(_Closed(f"connection error: {exc}"))
 
+    async def read_direct(self) -> None:
+        """Read the socket into the queue until it holds an event (after the lookup).
+
+        Once the lookup is over the pump task is stopped and replies are read here, by the
+        command that waits for them: one task switch less per ``SET VARIABLE``.
+        """
+        while self.queue.empty():
+            try:
+                data = await self.reader.read(4096)
+                if not data:
+                    self.queue.put_nowait(_Closed("EOF"))
+                    return
+                self._feed(data)
+            except AgiProtocolError as exc:
+                self.protocol_error = str(exc)
+                self.queue.put_nowait(_Closed(f"protocol error: {exc}"))
+            except (ConnectionError, OSError) as exc:
+                self.queue.put_nowait(_Closed(f"connection error: {exc}"))
+
     async def next_event(self) -> Reply | Hangup:
+        if self.direct and self.queue.empty():
+            await self.read_direct()
         item = await self.queue.get()
         if isinstance(item, _Closed):
             self.queue.put_nowait(item)  # stays closed for any later reader
@@ -221,6 +243,10 @@ class FastAgiServer:
                 pump = asyncio.create_task(session.pump())
                 verdict, lookup_s = await self._lookup(session, env, fields_)
                 fields_["result"] = verdict.result
+                pump.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await pump
+                session.direct = True
                 fields_["agi"] = await self._write(session, verdict)
         except TimeoutError:
             self.stats.timeouts += 1

@@ -21,6 +21,7 @@ import asyncio
 import contextlib
 import ipaddress
 import logging
+import math
 import secrets
 import socket
 from collections.abc import AsyncGenerator, Callable, Iterable
@@ -46,6 +47,8 @@ log = logging.getLogger("dgsm.mslookup")
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 #: How many answers a flight remembers for callers that join it late.
 _MAX_REMEMBERED = 64
+#: Re-sends of all lookups in progress are aligned to this grid (seconds), see _schedule_sends.
+RESEND_GRID = 0.005
 #: How many distinct answer packets are remembered, decoded, so that the copies every site
 #: sends for each re-sent query cost a dictionary look-up instead of a decode.
 _DECODED_CACHE = 4096
@@ -301,7 +304,13 @@ class AsyncResolver:
         assert self._loop is not None
         window = timing.window
         interval = self.resend_interval or window / (self.resend + 1)
-        planned = [now + k * interval for k in range(self.resend + 1) if k * interval < window]
+        # Re-sends fall on a grid shared by all flights (at most a quarter interval, 5 ms),
+        # so that the re-sends of many lookups in progress leave in one pass of the loop
+        # instead of one wake-up each; the first send always leaves at once.
+        grid = min(RESEND_GRID, interval / 4) or interval
+        planned = [now] + [math.ceil((now + k * interval) / grid) * grid
+                           for k in range(1, self.resend + 1)]
+        planned = [t for t in planned if t - now < window]
         taken = list(flight.sends)
         if flight.last_send is not None:
             taken.append(flight.last_send)

@@ -1,9 +1,12 @@
 """mslookup over mDNS: bytes on the wire, exactly as OsmoHLR writes and reads them.
 
-Encoding goes through dnslib, with one work-around: dnslib compresses repeated names when it
-packs a message, and OsmoHLR's decoder rejects compression; so names are written through a
-buffer that never compresses (see docs/dependencies.md). Decoding is strict and our own:
-dnslib follows compression pointers and ignores trailing bytes, both of which OsmoHLR rejects.
+Answers are packed with dnslib (in ``_dnslib_answer``, imported only when an answer is
+written), with one work-around: dnslib compresses repeated names when it packs a message, and
+OsmoHLR's decoder rejects compression; so names are written through a buffer that never
+compresses (see docs/dependencies.md). A query is 12 header bytes and one question, written
+here by hand so that a process that only asks (the per-call AGI script) never imports dnslib.
+Decoding is strict and our own: dnslib follows compression pointers and ignores trailing
+bytes, both of which OsmoHLR rejects.
 
 Answers are accepted exactly when OsmoHLR (libosmo-mslookup 1.5) would accept them, except
 that the numbers in ``age=`` and ``port=`` must be plain digits (C's strtoll would also take
@@ -17,8 +20,6 @@ import re
 import socket
 import struct
 from functools import lru_cache
-
-from dnslib import AAAA, QTYPE, RR, TXT, A, DNSBuffer, DNSHeader, DNSQuestion
 
 from .errors import InvalidQuery, WireError
 from .model import Answer, Endpoint
@@ -42,19 +43,30 @@ HEADER_LEN = 12
 MAX_PACKET = 1024  # OsmoHLR reads at most this much
 
 
-class _PlainBuffer(DNSBuffer):  # type: ignore[misc]
-    """A dnslib buffer that writes every name in full (OsmoHLR rejects compression)."""
-
-    def encode_name(self, name: object) -> None:
-        self.encode_name_nocompress(name)
+def _encode_name(name: str) -> bytes:
+    """``name`` as uncompressed DNS labels (OsmoHLR rejects compression)."""
+    out = bytearray()
+    for label in name.split("."):
+        raw = label.encode("ascii", "strict") if label.isascii() else b""
+        if not 0 < len(raw) < 64:
+            raise InvalidQuery(f"cannot encode DNS label {label!r} of {name!r}")
+        out.append(len(raw))
+        out += raw
+    out.append(0)
+    if len(out) > 255:
+        raise InvalidQuery(f"DNS name too long ({len(out)} > 255 bytes): {name!r}")
+    return bytes(out)
 
 
 def encode_query(query: Query, packet_id: int, suffix: str = DEFAULT_SUFFIX) -> bytes:
-    """A query as OsmoHLR's client sends it: one ANY/IN question, flags 0."""
-    buf = _PlainBuffer()
-    DNSHeader(id=packet_id & 0xFFFF, bitmap=0, q=1, a=0, auth=0, ar=0).pack(buf)
-    DNSQuestion(query.name(suffix), QTYPE_ANY, CLASS_IN).pack(buf)
-    return bytes(buf.data)
+    """A query as OsmoHLR's client sends it: one ANY/IN question, flags 0.
+
+    Written by hand rather than through dnslib: the per-call AGI script sends one query and
+    must not pay dnslib's import (about 9 ms); ``test_wire`` checks it against dnslib's bytes
+    and the OsmoHLR captures.
+    """
+    header = struct.pack("!6H", packet_id & 0xFFFF, 0, 1, 0, 0, 0)
+    return header + _encode_name(query.name(suffix)) + struct.pack("!HH", QTYPE_ANY, CLASS_IN)
 
 
 def encode_answer(
@@ -70,23 +82,13 @@ def encode_answer(
         raise InvalidQuery("an answer needs an IPv4 or an IPv6 endpoint")
     if not 0 <= age <= 0xFFFFFFFF:
         raise InvalidQuery(f"age {age} out of range 0..4294967295")
-    name = query.name(suffix)
-    records = [RR(name, QTYPE.TXT, CLASS_IN, 0, TXT(f"age={age}"))]
-    if v4 is not None:
-        if v4.family != 4:
-            raise InvalidQuery(f"{v4} is not an IPv4 endpoint")
-        records += [RR(name, QTYPE.A, CLASS_IN, 0, A(v4.host)),
-                    RR(name, QTYPE.TXT, CLASS_IN, 0, TXT(f"port={v4.port}"))]
-    if v6 is not None:
-        if v6.family != 6:
-            raise InvalidQuery(f"{v6} is not an IPv6 endpoint")
-        records += [RR(name, QTYPE.AAAA, CLASS_IN, 0, AAAA(v6.host)),
-                    RR(name, QTYPE.TXT, CLASS_IN, 0, TXT(f"port={v6.port}"))]
-    buf = _PlainBuffer()
-    DNSHeader(id=packet_id & 0xFFFF, bitmap=0x8000, q=0, a=len(records), auth=0, ar=0).pack(buf)
-    for rr in records:
-        rr.pack(buf)
-    return bytes(buf.data)
+    if v4 is not None and v4.family != 4:
+        raise InvalidQuery(f"{v4} is not an IPv4 endpoint")
+    if v6 is not None and v6.family != 6:
+        raise InvalidQuery(f"{v6} is not an IPv6 endpoint")
+    from ._dnslib_answer import pack_answer  # dnslib only where answers are written
+
+    return pack_answer(query.name(suffix), packet_id & 0xFFFF, age, v4, v6)
 
 
 def is_answer(data: bytes) -> bool | None:
