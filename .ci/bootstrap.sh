@@ -4,7 +4,7 @@
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 ROOT_DIR=$PWD
-DEB_PACKAGES="osmo-hlr osmo-mslookup-utils nftables iproute2 util-linux python3-venv"
+DEB_PACKAGES="osmo-hlr osmo-mslookup-utils osmo-msc gcc libc6-dev nftables iproute2 util-linux python3-venv"
 
 say() { printf '\033[1m[dgsm]\033[0m %s\n' "$*" >&2; }
 die() { say "ERROR: $*"; exit 1; }
@@ -13,6 +13,9 @@ install_debian_packages() {
     local missing=()
     command -v osmo-hlr >/dev/null || missing+=(osmo-hlr)
     command -v osmo-mslookup-client >/dev/null || missing+=(osmo-mslookup-utils)
+    command -v osmo-msc >/dev/null || missing+=(osmo-msc)
+    command -v gcc >/dev/null || missing+=(gcc)
+    [ -e /usr/include/dlfcn.h ] || missing+=(libc6-dev)
     command -v nft >/dev/null || missing+=(nftables)
     command -v ip >/dev/null || missing+=(iproute2)
     command -v unshare >/dev/null || missing+=(util-linux)
