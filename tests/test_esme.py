@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import random
+import struct
 import subprocess
 import sys
 from collections.abc import Awaitable
@@ -210,6 +211,53 @@ def test_concatenated_three_parts_each_routed() -> None:
             got = sorted(s.get("short_message") for s in v.site4.submits)
             assert got == sorted(p["short_message"] for p in parts)
             assert all(s.get("esm_class") == 0x41 for s in v.site4.submits)
+    run(body())
+
+
+def test_255_part_message_every_part_routed_byte_exact() -> None:
+    """The longest concatenated SMS: 255 deliver_sm, all in flight at once, one bind."""
+    async def body() -> None:
+        async with Village() as v:
+            v.place("2002", (0, SITE3, 40), (2, SITE4, 1))
+            parts = [mo_sms("1001", "2002",
+                            bytes([5, 0, 3, 0x99, 255, i]) + bytes([i % 128]) * 153,
+                            udh=True, msg_ref=0x99) for i in range(1, 256)]
+            res = await asyncio.gather(*(v.msc.deliver(p) for p in parts))
+            assert res == [Status.ROK] * 255
+            assert v.site3.submits == []
+            got = sorted(bytes(s.get("short_message")) for s in v.site4.submits)
+            assert got == sorted(p["short_message"] for p in parts)
+            assert {s.get("esm_class") for s in v.site4.submits} == {0x41}
+            assert len(v.site4.bound("ISMPP")) == 1
+            assert v.esme.stats.delivered == 255
+    run(body())
+
+
+def test_smpplib_caps_message_payload_at_260_bytes_our_gate_does_not() -> None:
+    """smpplib 2.2 declares message_payload max 260; SMPP 3.4 allows a whole long message."""
+    import smpplib.command
+
+    assert smpplib.command.DeliverSM.params["message_payload"].max == 260
+    fields = mo_sms("1001", "2002", b"", data_coding=0x08)
+    fields["message_payload"] = bytes(range(256)) * 4
+    got = decode(pdu("deliver_sm", 5, **fields))
+    assert got.get("message_payload") == bytes(range(256)) * 4
+
+
+def test_message_payload_tlv_passes_through() -> None:
+    """A deliver_sm with message_payload (and no short_message) arrives with the same TLV."""
+    async def body() -> None:
+        async with Village() as v:
+            v.place("2002", (1, SITE4, 3))
+            payload = "long text in one TLV ☺ ".encode("utf-16-be") * 20  # 920 bytes
+            sent = mo_sms("1001", "2002", b"", data_coding=0x08, msg_ref=7)
+            sent["message_payload"] = payload
+            assert await v.msc.deliver(sent) == Status.ROK
+            sub = v.site4.submits[0]
+            tlv = struct.pack(">HH", 0x0424, len(payload)) + payload
+            assert tlv in sub.frame
+            assert sub.get("short_message") in (b"", None)
+            assert sub.get("data_coding") == 0x08
     run(body())
 
 

@@ -123,6 +123,12 @@ class Pdu:
         return bool(self.command_id & 0x80000000)
 
 
+#: Where smpplib's declared maximum is wrong for us. smpplib 2.2 caps message_payload at 260
+#: bytes; SMPP 3.4 (5.3.2.32) lets it carry a whole long message, up to what a TLV's 16-bit
+#: length can say. Refusing a longer one would lose a valid SMS (docs/dependencies.md).
+_TLV_MAX = {"message_payload": 65535}
+
+
 def _param_spec(cls: Any, name: str) -> Any:
     return cls.params[name]
 
@@ -185,7 +191,7 @@ def check_body(cls: Any, body: bytes,
                 raise PduError(f"TLV {name}: not a C-string", Status.RINVPARLEN)
             if p.type is ptypes.flag and ln != 0:
                 raise PduError(f"TLV {name}: a flag has no value", Status.RINVPARLEN)
-            if p.type is ptypes.ostr and ln > getattr(p, "max", 65535):
+            if p.type is ptypes.ostr and ln > _TLV_MAX.get(name, getattr(p, "max", 65535)):
                 raise PduError(f"TLV {name}: too long", Status.RINVPARLEN)
             kept += body[pos:pos + 4 + ln]
         pos += 4 + ln

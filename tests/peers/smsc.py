@@ -33,12 +33,14 @@ ROK, RALYBND, RSYSERR, RINVDSTADR, RINVPASWD, RINVSYSID, RUNKNOWNERR = (
     0x00, 0x05, 0x08, 0x0B, 0x0E, 0x0F, 0xFF)
 RINVCMDID = 0x03
 _HDR = struct.Struct(">IIII")
+#: Fields smpplib writes as octet strings (bytes); every other C-string goes in as str.
+OCTETS = frozenset({"short_message", "message_payload"})
 _NAMES = {code: name for name, code in command_codes.commands.items()}
 
 
 def pdu(name: str, seq: int, status: int = 0, **fields: Any) -> bytes:
     """Generate a PDU with smpplib (C-strings as str or bytes)."""
-    conv = {k: (v.decode("latin-1") if isinstance(v, bytes) and k != "short_message" else v)
+    conv = {k: (v.decode("latin-1") if isinstance(v, bytes) and k not in OCTETS else v)
             for k, v in fields.items() if v is not None}
     obj = sm_command.factory(name, sequence=seq, **conv)
     obj.sequence = seq
