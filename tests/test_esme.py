@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import random
 import struct
 import subprocess
@@ -273,6 +274,33 @@ def test_status_report_forwarded_as_0x08_to_original_sender_site() -> None:
             assert v.site3.submits[0].get("esm_class") == 0x08
             assert v.esme.stats.reports == 1
     run(body())
+
+
+def test_acceptance_after_the_budget_is_counted_and_logged(
+        caplog: pytest.LogCaptureFixture) -> None:
+    """Without --queue, a destination that accepts after the budget made the phone hear
+    RSYSERR: the SMS may arrive twice if the phone retries. It must not go unseen."""
+    async def body() -> None:
+        async with Village(budget=0.4) as v:
+            v.place("2002", (1, SITE4, 2))
+            v.site4.submit_delay = 0.8  # answers ROK, but after the budget
+            assert await v.msc.deliver(mo_sms("1001", "2002", b"late", msg_ref=77)) == \
+                Status.RSYSERR
+            await v.site4.wait_for(lambda: len(v.site4.submits) == 1)
+            while v.esme.stats.late_accepted < 1:  # set by the late answer's callback
+                await asyncio.sleep(0.01)
+            assert v.esme.stats.budget_expired == 1
+            # a destination that refuses late is not counted
+            v.site4.submit_status = Status.RSYSERR
+            assert await v.msc.deliver(mo_sms("1001", "2002", b"no", msg_ref=78)) == \
+                Status.RSYSERR
+            while v.esme.stats.late_refused < 1:
+                await asyncio.sleep(0.01)
+            assert v.esme.stats.late_accepted == 1
+    with caplog.at_level(logging.WARNING, logger="dgsm.esme"):
+        run(body())
+    late = [r.getMessage() for r in caplog.records if "after the phone" in r.getMessage()]
+    assert len(late) == 1 and "ref=77" in late[0] and "to=2002" in late[0], late
 
 
 def test_local_recipient_goes_to_local_msc_over_ismpp() -> None:

@@ -92,6 +92,10 @@ class EsmeStats:
     destination_down: int = 0
     destination_refused: int = 0
     budget_expired: int = 0
+    #: submit_sm accepted by the destination after the budget had run out (possible duplicate)
+    late_accepted: int = 0
+    #: submit_sm given up on (budget) that the destination then refused or never answered
+    late_refused: int = 0
     overload: int = 0
     malformed: int = 0
     reports: int = 0
@@ -275,9 +279,25 @@ class Esme:
         verdict = await self.submit(msg, endpoint)
         return Verdict(verdict.status, verdict.result, site, age, endpoint, verdict.detail)
 
+    def _late(self, msg: Message, endpoint: Endpoint, start: float,
+              req: asyncio.Future[Pdu]) -> None:
+        """A submit_sm we gave up on (budget) got its answer after all."""
+        if req.cancelled() or req.exception() is not None:
+            self.stats.late_refused += 1  # refused or never answered: nothing was delivered
+            return
+        self.stats.late_accepted += 1
+        log.warning("sms ref=%s from=%s to=%s: %s accepted the submit_sm %.1fs after the "
+                    "phone was answered RSYSERR (budget %.1fs); if the phone retries, the "
+                    "recipient may get it twice (use --queue to avoid this)",
+                    msg.reference, msg.sender or "-", msg.msisdn, endpoint,
+                    time.monotonic() - start, self.config.budget)
+
     async def submit(self, msg: Message, endpoint: Endpoint) -> Verdict:
+        start = time.monotonic()
+        on_late = None if self.store is not None else (
+            lambda req: self._late(msg, endpoint, start, req))
         try:
-            resp = await self.pool.link(endpoint).submit(msg.submit_fields())
+            resp = await self.pool.link(endpoint).submit(msg.submit_fields(), on_late)
         except SmppError as exc:
             if exc.status == Status.RINVDSTADR:
                 self.stats.not_found += 1

@@ -217,12 +217,27 @@ class IsmppLink:
             log.info("%s: bound as %s (bind #%d)", self.name, self.cfg.system_id, self.binds)
             return conn
 
-    async def submit(self, fields: dict[str, Any]) -> Pdu:
+    async def submit(self, fields: dict[str, Any],
+                     on_late: Callable[[asyncio.Future[Pdu]], None] | None = None) -> Pdu:
         """Forward one submit_sm; raises SmppError, ConnectionLost, DestinationDown,
-        TimeoutError (no answer within response_timeout)."""
+        TimeoutError (no answer within response_timeout).
+
+        If the caller gives up (is cancelled) once the submit_sm is on the wire, the request
+        is not abandoned: the destination may still accept it. With ``on_late`` the request
+        runs on until its answer or ``response_timeout`` and ``on_late`` gets its outcome,
+        so a late acceptance can be reported instead of going unseen."""
         async with self.window:
             conn = await self.connection()
-            return await conn.request("submit_sm", self.cfg.response_timeout, **fields)
+            req = asyncio.ensure_future(
+                conn.request("submit_sm", self.cfg.response_timeout, **fields))
+            try:
+                return await asyncio.shield(req)
+            except asyncio.CancelledError:
+                if on_late is None:
+                    req.cancel()
+                else:
+                    req.add_done_callback(on_late)
+                raise
 
     def _request(self, conn: SmppConnection, pdu: Pdu) -> None:
         if not answer_link_request(conn, pdu):
