@@ -1,0 +1,1 @@
+"""The village lab: a real D-GSM network on one machine (``dgsm-lab``, docs/lab.md)."""

@@ -1,0 +1,174 @@
+"""End to end in the village lab: real OsmoHLRs in three namespaces, real GSUP Location
+Updatings (roaming ones proxied by D-GSM to the home HLR), our resolver asking from inside
+each village, and link faults made with the kernel (bridge port down, nftables drops).
+
+Time passes on purpose in two places: OsmoHLR ages records in whole seconds, so a test that
+needs one record to be older than another lets a second go by (the age is the thing under
+test, not a synchronisation).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from dgsm_integrations.lab.netns import LabError
+from dgsm_integrations.lab.network import Lab, Village
+from dgsm_integrations.mslookup import AsyncResolver, Outcome, Result
+
+from .peers import require_binary
+
+MIN_DELAY = 0.3
+HOME = "A"
+_next = iter(range(10, 10_000))
+
+
+def new_subscriber(lab: Lab, home: str = HOME) -> tuple[str, str]:
+    n = next(_next)
+    imsi, msisdn = f"90170000000{n:04d}", f"55{n:04d}"
+    lab[home].provision(imsi, msisdn)
+    return imsi, msisdn
+
+
+@pytest.fixture(scope="module")
+def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
+    require_binary("osmo-hlr")
+    require_binary("nft")
+    with Lab(workdir=tmp_path_factory.mktemp("lab")) as built:
+        yield built
+
+
+def lookup(village: Village, *queries: str, min_delay: float = MIN_DELAY,
+           timeout: float | None = None) -> list[Result]:
+    """Resolve ``queries`` at the same time from inside ``village``."""
+    async def body() -> list[Result]:
+        resolver = AsyncResolver(interface=village.addr, min_delay=min_delay, timeout=timeout)
+        try:
+            return list(await asyncio.gather(*(resolver.resolve(q) for q in queries)))
+        finally:
+            await resolver.close()
+    return village.loop.run(body())
+
+
+def where(lab: Lab, result: Result) -> str | None:
+    return lab.site_of(result.site) if result.found and result.site else None
+
+
+def test_roaming_lu_is_proxied_home_and_every_village_finds_the_roamer(lab: Lab) -> None:
+    imsi, msisdn = new_subscriber(lab)
+    lu = lab["C"].attach(imsi)  # unknown at C: C's HLR finds A by mslookup, proxies the LU
+    assert lu.msisdn == msisdn  # the subscriber data came from the home HLR
+    home_hlr = lab["A"].hlr
+    assert home_hlr is not None
+    assert "VLR number: MSC-C" in home_hlr.show_subscriber(imsi)  # the home HLR saw C's MSC
+    for v in lab:
+        sip, sms, home = lookup(v, f"sip.voice.{msisdn}.msisdn", f"smpp.sms.{msisdn}.msisdn",
+                                f"gsup.hlr.{imsi}.imsi")
+        assert (where(lab, sip), str(sip.v4)) == ("C", f"{lab['C'].addr}:5060"), (v.name, sip)
+        assert (where(lab, sms), str(sms.v4)) == ("C", f"{lab['C'].addr}:2775"), (v.name, sms)
+        assert (where(lab, home), home.age) == ("A", 0), (v.name, home)
+
+
+def test_second_lu_elsewhere_the_younger_record_wins(lab: Lab) -> None:
+    imsi, msisdn = new_subscriber(lab)
+    lab["C"].attach(imsi)
+    time.sleep(1.1)  # C's record must be at least a second old (ages are whole seconds)
+    lab["B"].attach(imsi)
+    for v in lab:
+        (sip,) = lookup(v, f"sip.voice.{msisdn}.msisdn")
+        assert where(lab, sip) == "B", (v.name, sip)
+        assert sip.age == 0
+
+
+def test_flapping_between_two_villages_every_lookup_returns_the_latest(lab: Lab) -> None:
+    imsi, msisdn = new_subscriber(lab)
+    for here in ("B", "C", "B"):
+        lab[here].attach(imsi)
+        (sip,) = lookup(lab["A"], f"sip.voice.{msisdn}.msisdn")
+        assert where(lab, sip) == here, (here, sip)
+        time.sleep(1.1)  # the record just made must age before the next move
+
+
+def test_link_cut_others_keep_working_cut_village_not_found_then_back(lab: Lab) -> None:
+    at_c = new_subscriber(lab)
+    at_b = new_subscriber(lab)
+    lab["C"].attach(at_c[0])
+    lab["B"].attach(at_b[0])
+    lab.cut("C")
+    try:
+        t0 = time.monotonic()
+        gone, other = lookup(lab["A"], f"sip.voice.{at_c[1]}.msisdn",
+                             f"sip.voice.{at_b[1]}.msisdn", timeout=0.5)
+        elapsed = time.monotonic() - t0
+        assert gone.outcome is Outcome.NOT_FOUND, gone  # not a hang, not an error
+        assert elapsed < 2.0
+        assert where(lab, other) == "B"
+        # C itself still works inside (its own HLR answers on its side of the cut)
+        (inside,) = lookup(lab["C"], f"sip.voice.{at_c[1]}.msisdn")
+        assert where(lab, inside) == "C"
+    finally:
+        lab.restore("C")
+    (back,) = lookup(lab["A"], f"sip.voice.{at_c[1]}.msisdn")  # the first lookup after
+    assert where(lab, back) == "C", back
+
+
+def test_twenty_percent_loss_on_a_village_link(lab: Lab) -> None:
+    """20% of packets dropped each way on C's link (nftables). The resolver issue's target
+    is 99% found at 20% loss (bench/loss.py measures it with a confidence interval); here a
+    bounded run of 300 lookups must find at least 97% (a 99.5%-capable resolver misses that
+    with a probability below 1e-4)."""
+    subs = [new_subscriber(lab) for _ in range(30)]
+    for imsi, _ in subs:
+        lab["C"].attach(imsi)
+    lab.lossy("C", 20)
+    try:
+        found = 0
+        total = 0
+        for _ in range(10):
+            results = lookup(lab["A"], *(f"sip.voice.{m}.msisdn" for _, m in subs),
+                             min_delay=0.2)
+            found += sum(where(lab, r) == "C" for r in results)
+            total += len(results)
+    finally:
+        lab.lossy("C", 0)
+    assert total == 300
+    assert found / total >= 0.97, f"found {found}/{total} at 20% loss"
+
+
+def test_lab_leaves_nothing_behind_even_when_the_body_fails(tmp_path: Path) -> None:
+    require_binary("osmo-hlr")
+    pids: list[int] = []
+    with pytest.raises(RuntimeError, match="boom"), Lab(["X", "Y"], workdir=tmp_path) as lab2:
+        pids = [lab2.backhaul.pid] if lab2.backhaul else []
+        pids += [v.ns.pid for v in lab2]
+        hlr_pids = [v.hlr._proc.pid for v in lab2 if v.hlr and v.hlr._proc]
+        assert len(pids) == 3 and len(hlr_pids) == 2
+        raise RuntimeError("boom")
+    for pid in [*pids, *hlr_pids]:
+        assert not Path(f"/proc/{pid}").exists() or _zombie(pid), pid
+    out = subprocess.run(["pgrep", "-f", str(tmp_path)], capture_output=True, text=True,
+                         check=False)
+    assert out.stdout.strip() == "", out.stdout
+
+
+def _zombie(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split(")")[1].split()[0] == "Z"
+    except OSError:
+        return True
+
+
+def test_lab_refuses_to_start_where_other_interfaces_are_visible(lab: Lab) -> None:
+    """Inside a village (which has eth0) a lab would touch a real-looking interface: refused."""
+    async def body() -> str:
+        try:
+            Lab(["Z"], hlr=False).start()
+        except LabError as exc:
+            return str(exc)
+        return "started"
+    assert "private network namespace" in lab["B"].loop.run(body())
