@@ -27,8 +27,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from dgsm_integrations.lab.agi_peer import converse, env_block  # noqa: E402
 from dgsm_integrations.mslookup import Record, Responder  # noqa: E402
-from tests.peers.agi import converse, env_block  # noqa: E402
 
 LO = "127.0.0.1"
 MDNS_PORT = 42738
@@ -114,8 +114,8 @@ async def bench_script(runs: int, tmp: Path) -> tuple[list[float], list[float]]:
 async def one_call(i: int, start_after: float = 0.0) -> dict[str, str]:
     """Play Asterisk for one FastAGI call, as fast as a C peer would answer.
 
-    The tests' peer (``tests.peers.agi``) checks every line; here each command line gets
-    ``200 result=1`` at once, so the figure is the server's, not a slow Python peer's.
+    The full peer (``dgsm_integrations.lab.agi_peer``) checks every line; here each command
+    line gets ``200 result=1`` at once, so the figure is the server's, not a slow Python peer's.
     """
     if start_after:
         await asyncio.sleep(start_after)  # load shaping (arrival time), not synchronisation

@@ -4,7 +4,7 @@ Set-up (all on loopback inside a private network namespace; nothing leaves the m
 
 - the ESME as deployed: its own process (``python -m dgsm_integrations.esme``), mslookup
   min-delay 1 s, bound as OSMPP to a stand-in OsmoMSC that sends deliver_sm exactly as osmo-msc
-  does (``tests.peers.smsc``, in this process) and measures each deliver_sm_resp;
+  does (``dgsm_integrations.lab.smsc``, in this process) and measures each deliver_sm_resp;
 - three villages' HLRs answering ``smpp.sms`` (``dgsm-mslookup serve``, one process each,
   from 127.0.0.11-13) with ages 30, 12 and 2 s in rotation: only the youngest points at the
   destination SMSC (127.0.0.3:2775, in this process, counting what it receives); the older
@@ -43,7 +43,7 @@ sys.path.insert(0, str(ROOT / "bench"))
 import smpplib.client  # noqa: E402
 from _common import enter_private_netns, pct, peak_rss_mib  # noqa: E402
 
-from tests.peers.smsc import SmscPeer, mo_sms  # noqa: E402
+from dgsm_integrations.lab.smsc import SmscPeer, mo_sms  # noqa: E402
 
 LOCAL, DEST = "127.0.0.2", "127.0.0.3"
 NOWHERE = ("127.0.0.4", "127.0.0.5")

@@ -31,8 +31,8 @@ sys.path.insert(0, str(ROOT))
 
 from dgsm_integrations.freeswitch.config import Config, cached_config  # noqa: E402
 from dgsm_integrations.freeswitch.server import EslServer  # noqa: E402
+from dgsm_integrations.lab.esl_peer import Script, play_call  # noqa: E402
 from dgsm_integrations.mslookup import AsyncResolver, Record, Resolver, Responder  # noqa: E402
-from tests.peers.esl import Script, play_call  # noqa: E402
 from tests.peers.fake_freeswitch import RecordingSession, install, run_action  # noqa: E402
 
 LO = "127.0.0.1"

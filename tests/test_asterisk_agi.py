@@ -16,9 +16,8 @@ from dgsm_integrations.asterisk.agi import (
 )
 from dgsm_integrations.asterisk.config import Config, ConfigError, read_config_file
 from dgsm_integrations.asterisk.routing import Routing, parse_extension
+from dgsm_integrations.lab.agi_peer import USAGE_520, env_block, parse_args
 from dgsm_integrations.mslookup import Endpoint, Outcome, Query, Result
-
-from .peers.agi import USAGE_520, env_block, parse_args
 
 # -- environment block -------------------------------------------------------------------
 

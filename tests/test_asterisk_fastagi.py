@@ -21,10 +21,10 @@ import pytest
 
 from dgsm_integrations.asterisk.config import Config
 from dgsm_integrations.asterisk.fastagi import FastAgiServer, build_parser
+from dgsm_integrations.lab.agi_peer import REPLY_511, USAGE_520, Exchange, converse, env_block
 from dgsm_integrations.mslookup import Endpoint, Query, Record, Responder
 
 from .conftest import LO
-from .peers.agi import REPLY_511, USAGE_520, Exchange, converse, env_block
 
 PORT = 42720
 T = TypeVar("T")

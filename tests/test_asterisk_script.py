@@ -15,10 +15,10 @@ from typing import Any, TypeVar
 
 import pytest
 
+from dgsm_integrations.lab.agi_peer import REPLY_511, USAGE_520, Exchange, converse, env_block
 from dgsm_integrations.mslookup import Endpoint, Query, Record, Responder
 
 from .conftest import LO
-from .peers.agi import REPLY_511, USAGE_520, Exchange, converse, env_block
 
 PORT = 42722
 T = TypeVar("T")

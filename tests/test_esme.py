@@ -23,10 +23,10 @@ import pytest
 from dgsm_integrations.esme.app import Esme, EsmeConfig
 from dgsm_integrations.esme.message import InvalidNumber, normalise_msisdn, parts_of
 from dgsm_integrations.esme.pdu import PduError, Status, build, decode
+from dgsm_integrations.lab.smsc import SmscPeer, mo_sms, pdu
 from dgsm_integrations.mslookup import AsyncResolver, Record, Responder
 
 from .conftest import LO
-from .peers.smsc import SmscPeer, mo_sms, pdu
 
 PORT = 42760
 T = TypeVar("T")

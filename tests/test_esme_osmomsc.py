@@ -24,11 +24,11 @@ import pytest
 
 from dgsm_integrations.esme.app import Esme, EsmeConfig
 from dgsm_integrations.esme.pdu import Status
+from dgsm_integrations.lab.smsc import SmscPeer, mo_sms
 from dgsm_integrations.mslookup import AsyncResolver, Record, Responder
 
 from .conftest import LO
 from .peers.osmomsc import OsmoMsc
-from .peers.smsc import SmscPeer, mo_sms
 
 MSC_PORT = 42790
 MDNS_PORT = 42800

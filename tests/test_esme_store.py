@@ -12,10 +12,10 @@ from pathlib import Path
 
 from dgsm_integrations.esme.pdu import Status
 from dgsm_integrations.esme.store import Store
+from dgsm_integrations.lab.smsc import SmscPeer, mo_sms
 from dgsm_integrations.mslookup import Responder
 
 from .conftest import LO
-from .peers.smsc import SmscPeer, mo_sms
 from .test_esme import DOWN, LOCAL, PORT, SITE3, Village, rec, run
 
 

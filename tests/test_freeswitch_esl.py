@@ -28,10 +28,17 @@ from dgsm_integrations.freeswitch.esl import (
     url_decode,
 )
 from dgsm_integrations.freeswitch.server import EslServer, build_parser
+from dgsm_integrations.lab.esl_peer import (
+    CallRecord,
+    Script,
+    channel_data,
+    event,
+    play_call,
+    url_encode,
+)
 from dgsm_integrations.mslookup import AsyncResolver, Query, Record, Responder
 
 from .conftest import LO
-from .peers.esl import CallRecord, Script, channel_data, event, play_call, url_encode
 
 PORT = 42741
 T = TypeVar("T")

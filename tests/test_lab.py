@@ -17,8 +17,10 @@ from pathlib import Path
 
 import pytest
 
+from dgsm_integrations.lab.demo import run_demo
 from dgsm_integrations.lab.netns import LabError
 from dgsm_integrations.lab.network import Lab, Village
+from dgsm_integrations.lab.services import Services
 from dgsm_integrations.mslookup import AsyncResolver, Outcome, Result
 
 from .peers import require_binary
@@ -172,3 +174,61 @@ def test_lab_refuses_to_start_where_other_interfaces_are_visible(lab: Lab) -> No
             return str(exc)
         return "started"
     assert "private network namespace" in lab["B"].loop.run(body())
+
+
+# -- calls and SMS through our integrations, across villages ---------------------------------
+
+@pytest.fixture(scope="module")
+def services(lab: Lab) -> Iterator[Services]:
+    with Services(lab, min_delay=MIN_DELAY) as s:
+        yield s
+
+
+def test_calls_and_sms_through_each_integration_land_where_the_callee_is(
+        lab: Lab, services: Services) -> None:
+    imsi, msisdn = new_subscriber(lab)
+    lab["C"].attach(imsi)
+    for place in (services.freeswitch_call, services.asterisk_call):
+        c = place(msisdn)
+        assert c.result == "found" and c.target == (msisdn, lab["C"].addr, 5060), c
+        assert c.sip is not None and c.sip.code == 200, c
+        inv = services.invite_at("C", msisdn)
+        assert inv is not None and inv.source[0] == lab["B"].addr  # placed from B
+        assert services.invite_at("A", msisdn, timeout=0.1) is None
+    assert services.send_sms("1002", msisdn, "to the roamer") == 0
+    got = [s for s in services.sms_at("C") if s.get("destination_addr") == msisdn.encode()]
+    assert [bytes(s.get("short_message")) for s in got] == [b"to the roamer"]
+    assert got[0].system_id == "ISMPP"
+    time.sleep(1.1)  # C's record must be older than the next one
+    lab["A"].attach(imsi)  # back home
+    c = services.asterisk_call(msisdn)
+    assert c.target == (msisdn, lab["A"].addr, 5060), c
+    assert services.send_sms("1002", msisdn, "welcome home") == 0
+    assert any(bytes(s.get("short_message")) == b"welcome home" for s in services.sms_at("A"))
+
+
+def test_cut_village_calls_hang_up_with_their_cause_and_sms_is_refused(
+        lab: Lab, services: Services) -> None:
+    imsi, msisdn = new_subscriber(lab)
+    lab["C"].attach(imsi)
+    lab.cut("C")
+    try:
+        fs = services.freeswitch_call(msisdn)
+        agi = services.asterisk_call(msisdn)
+        sms = services.send_sms("1002", msisdn, "lost?")
+    finally:
+        lab.restore("C")
+    assert (fs.result, fs.decision, fs.sip) == ("not-found", "hangup UNALLOCATED_NUMBER", None)
+    assert (agi.result, agi.decision, agi.sip) == ("not-found", "hangup 1", None)
+    assert sms == 8  # RSYSERR: the village may come back; the phone may retry
+    assert not any(s.get("destination_addr") == msisdn.encode() for s in services.sms_at("C"))
+    assert services.freeswitch_call(msisdn).target == (msisdn, lab["C"].addr, 5060)
+
+
+def test_the_demo_story_passes(capsys: pytest.CaptureFixture[str]) -> None:
+    """What the README's demo command runs (in its own lab)."""
+    require_binary("osmo-hlr")
+    assert run_demo() == 0
+    out = capsys.readouterr().out
+    assert "demo passed" in out
+    assert "village C answers" in out and "youngest wins: village C" in out

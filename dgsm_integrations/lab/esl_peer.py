@@ -1,4 +1,4 @@
-"""A test peer that plays FreeSWITCH's side of an *outbound* event socket, byte for byte.
+"""FreeSWITCH's side of an *outbound* event socket, byte for byte (the lab's and the tests' peer).
 
 What FreeSWITCH does when ``<action application="socket" data="HOST:PORT async full"/>``
 runs (``mod_event_socket.c``, ``switch_event.c``, ``switch_ivr.c``), and so does this peer:
@@ -171,11 +171,12 @@ def _hangup_events(call_uuid: str, cause: str) -> bytes:
 
 
 async def play_call(port: int, script: Script | None = None, *, timeout: float = 10.0,
-                    on_connect: Callable[[CallRecord], None] | None = None) -> CallRecord:
-    """Connect to the server on 127.0.0.1:``port`` and play one call as FreeSWITCH would."""
+                    on_connect: Callable[[CallRecord], None] | None = None,
+                    host: str = "127.0.0.1") -> CallRecord:
+    """Connect to the server on ``host``:``port`` and play one call as FreeSWITCH would."""
     script = script or Script()
     record = CallRecord(uuid=str(uuidlib.uuid4()))
-    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    reader, writer = await asyncio.open_connection(host, port)
     if on_connect is not None:
         on_connect(record)
     linger = False

@@ -1,4 +1,4 @@
-"""A test SMSC that behaves like OsmoMSC's SMPP side (osmo-msc 1.9, as issue 5 describes it).
+"""An SMSC that behaves like OsmoMSC's SMPP side (osmo-msc 1.9): the lab's villages and the tests.
 
 Deliberately independent of ``dgsm_integrations.esme``: its own framing, smpplib for bodies.
 

@@ -1,4 +1,4 @@
-"""A test peer that speaks the AGI byte protocol the way Asterisk's res_agi does.
+"""Asterisk's side of the AGI byte protocol, as res_agi speaks it (the lab's and the tests' peer).
 
 - :func:`env_block` — the environment block Asterisk sends (local script or FastAGI);
 - :func:`parse_args` — how res_agi splits a command line into arguments (quotes with ``"``,

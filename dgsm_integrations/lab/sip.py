@@ -1,0 +1,230 @@
+"""A small SIP endpoint over UDP, enough to see a routed call arrive at the right village.
+
+- :class:`SipUas` answers OPTIONS 200, INVITE 100 then 200 OK (a tiny SDP) or a chosen
+  final code, ACK silently, BYE 200; it records every INVITE (user, host, From, Call-ID,
+  source) and lets a caller await one for a given user. Garbage is counted and dropped.
+- :func:`call` is the UAC: INVITE (re-sent on RFC 3261 timer A: 0.5 s, doubling), waits for
+  the final answer within ``timeout``, ACKs it, and hangs up with BYE after a 2xx.
+
+A subset of RFC 3261 written for the lab and the tests; not a general SIP stack.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import re
+import secrets
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from typing import cast
+
+__all__ = ["CallResult", "Invite", "SipUas", "call"]
+
+_USER = re.compile(r"[0-9]{1,15}")
+_REQUEST = re.compile(r"([A-Z]+) sip:([^@ ;>]+)@([^ ;>]+) SIP/2\.0")
+_STATUS = re.compile(r"SIP/2\.0 ([1-6][0-9]{2}) (.*)")
+MAX_DATAGRAM = 4096
+T1 = 0.5
+
+
+def _parse(data: bytes) -> tuple[str, dict[str, str]] | None:
+    """First line and headers (lower-case names, first value wins); None if not SIP."""
+    if len(data) > MAX_DATAGRAM:
+        return None
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError:
+        return None
+    head, _, _ = text.partition("\r\n\r\n")
+    lines = head.split("\r\n")
+    headers: dict[str, str] = {}
+    for line in lines[1:]:
+        name, sep, value = line.partition(":")
+        if not sep or not name.strip():
+            return None
+        headers.setdefault(name.strip().lower(), value.strip())
+    return lines[0], headers
+
+
+@dataclass(frozen=True)
+class Invite:
+    """One INVITE a UAS received."""
+
+    user: str
+    host: str
+    from_: str
+    call_id: str
+    source: tuple[str, int]
+    at: float
+
+
+class SipUas(asyncio.DatagramProtocol):
+    """``await SipUas.start(host, port)``; ``await uas.invited(user)``; ``uas.close()``."""
+
+    def __init__(self, final: int = 200, max_records: int = 1000) -> None:
+        self.final = final
+        self.invites: deque[Invite] = deque(maxlen=max_records)
+        self.dropped = 0
+        self.transport: asyncio.DatagramTransport | None = None
+        self._changed = asyncio.Event()
+
+    @classmethod
+    async def start(cls, host: str, port: int = 5060, final: int = 200) -> SipUas:
+        loop = asyncio.get_running_loop()
+        uas = cls(final)
+        await loop.create_datagram_endpoint(lambda: uas, local_addr=(host, port))
+        return uas
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # asyncio's UDP transport does not subclass DatagramTransport on every version
+        self.transport = cast(asyncio.DatagramTransport, transport)
+
+    def close(self) -> None:
+        if self.transport is not None:
+            self.transport.close()
+
+    def datagram_received(self, data: bytes, addr: tuple[str | object, int]) -> None:
+        parsed = _parse(data)
+        if parsed is None:
+            self.dropped += 1
+            return
+        first, headers = parsed
+        m = _REQUEST.fullmatch(first)
+        needed = ("via", "from", "to", "call-id", "cseq")
+        if m is None or any(h not in headers for h in needed):
+            self.dropped += 1
+            return
+        method, user, host = m.groups()
+        source = (str(addr[0]), int(addr[1]))
+        if method == "ACK":
+            return
+        if method == "INVITE":
+            if not any(i.call_id == headers["call-id"] for i in self.invites):
+                self.invites.append(Invite(user, host, headers["from"], headers["call-id"],
+                                           source, time.monotonic()))
+                self._changed.set()
+            self._respond(headers, 100, "Trying", source)
+            if self.final == 200:
+                self._respond(headers, 200, "OK", source, tag=True, sdp=True)
+            else:
+                self._respond(headers, self.final, "Lab Refusal", source, tag=True)
+        elif method in ("BYE", "OPTIONS", "CANCEL"):
+            self._respond(headers, 200, "OK", source, tag=method != "BYE")
+        else:
+            self._respond(headers, 405, "Method Not Allowed", source, tag=True)
+
+    def _respond(self, headers: dict[str, str], code: int, reason: str,
+                 dest: tuple[str, int], *, tag: bool = False, sdp: bool = False) -> None:
+        assert self.transport is not None
+        to = headers["to"]
+        if tag and ";tag=" not in to:
+            to += f";tag={headers['call-id'][:8]}uas"
+        body = ""
+        if sdp:
+            host = self.transport.get_extra_info("sockname")[0]
+            body = (f"v=0\r\no=lab 1 1 IN IP4 {host}\r\ns=-\r\nc=IN IP4 {host}\r\nt=0 0\r\n"
+                    "m=audio 4000 RTP/AVP 0\r\n")
+        msg = (f"SIP/2.0 {code} {reason}\r\nVia: {headers['via']}\r\nFrom: {headers['from']}\r\n"
+               f"To: {to}\r\nCall-ID: {headers['call-id']}\r\nCSeq: {headers['cseq']}\r\n"
+               + ("Content-Type: application/sdp\r\n" if body else "")
+               + f"Content-Length: {len(body)}\r\n\r\n{body}")
+        self.transport.sendto(msg.encode(), dest)
+
+    async def invited(self, user: str, timeout: float = 5.0) -> Invite:
+        """The first INVITE for ``user`` (waits for it, bounded)."""
+        async with asyncio.timeout(timeout):
+            while True:
+                for inv in self.invites:
+                    if inv.user == user:
+                        return inv
+                self._changed.clear()
+                await self._changed.wait()
+
+
+@dataclass
+class CallResult:
+    """What the UAC saw."""
+
+    code: int | None = None
+    reason: str = "no answer"
+    provisional: list[int] = field(default_factory=list)
+    invites_sent: int = 0
+    elapsed: float = 0.0
+
+    @property
+    def answered(self) -> bool:
+        return self.code is not None and 200 <= self.code < 300
+
+
+class _Uac(asyncio.DatagramProtocol):
+    def __init__(self, call_id: str) -> None:
+        self.call_id = call_id
+        self.responses: asyncio.Queue[tuple[int, str, dict[str, str]]] = asyncio.Queue()
+
+    def datagram_received(self, data: bytes, addr: tuple[str | object, int]) -> None:
+        parsed = _parse(data)
+        if parsed is None:
+            return
+        first, headers = parsed
+        m = _STATUS.fullmatch(first)
+        if m is not None and headers.get("call-id") == self.call_id:
+            self.responses.put_nowait((int(m.group(1)), m.group(2), headers))
+
+
+async def call(user: str, host: str, port: int, *, caller: str = "1000",
+               timeout: float = 8.0) -> CallResult:
+    """Call ``sip:user@host:port`` from a fresh local UDP port; ACK and BYE as a phone would."""
+    if not _USER.fullmatch(user):
+        raise ValueError(f"not an MSISDN: {user!r}")
+    loop = asyncio.get_running_loop()
+    call_id = secrets.token_hex(8)
+    proto = _Uac(call_id)
+    transport, _ = await loop.create_datagram_endpoint(lambda: proto,
+                                                       remote_addr=(host, port))
+    local_host, local_port = transport.get_extra_info("sockname")[:2]
+    branch = "z9hG4bK" + secrets.token_hex(6)
+    tag = secrets.token_hex(4)
+    base = (f"Via: SIP/2.0/UDP {local_host}:{local_port};branch={branch}\r\n"
+            f"From: <sip:{caller}@{local_host}>;tag={tag}\r\n"
+            f"To: <sip:{user}@{host}>\r\nCall-ID: {call_id}\r\n")
+    invite = (f"INVITE sip:{user}@{host}:{port} SIP/2.0\r\n{base}CSeq: 1 INVITE\r\n"
+              f"Contact: <sip:{caller}@{local_host}:{local_port}>\r\nMax-Forwards: 70\r\n"
+              "Content-Length: 0\r\n\r\n").encode()
+    result = CallResult()
+    start = loop.time()
+    try:
+        async with asyncio.timeout(timeout):
+            interval = T1
+            while True:
+                transport.sendto(invite)
+                result.invites_sent += 1
+                try:
+                    code, reason, headers = await asyncio.wait_for(proto.responses.get(),
+                                                                   interval)
+                except TimeoutError:
+                    interval = min(interval * 2, 4.0)  # timer A
+                    continue
+                while code < 200:  # provisional: now wait for the final answer only
+                    result.provisional.append(code)
+                    code, reason, headers = await proto.responses.get()
+                result.code, result.reason = code, reason
+                to = headers.get("to", f"<sip:{user}@{host}>")
+                ack = (f"ACK sip:{user}@{host}:{port} SIP/2.0\r\n"
+                       f"{base.replace(f'To: <sip:{user}@{host}>', f'To: {to}')}"
+                       "CSeq: 1 ACK\r\nContent-Length: 0\r\n\r\n")
+                transport.sendto(ack.encode())
+                if result.answered:
+                    bye = (f"BYE sip:{user}@{host}:{port} SIP/2.0\r\n"
+                           f"{base.replace(f'To: <sip:{user}@{host}>', f'To: {to}')}"
+                           "CSeq: 2 BYE\r\nContent-Length: 0\r\n\r\n")
+                    transport.sendto(bye.encode())
+                break
+    except TimeoutError:
+        result.reason = f"no final answer within {timeout:.1f}s"
+    finally:
+        result.elapsed = loop.time() - start
+        with contextlib.suppress(Exception):
+            transport.close()
+    return result
