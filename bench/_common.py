@@ -11,7 +11,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-__all__ = ["cpu_seconds", "enter_private_netns", "only_loopback", "pct", "peak_rss_mib"]
+__all__ = ["MARK", "cpu_seconds", "enter_private_netns", "only_loopback", "pct", "peak_rss_mib"]
 
 MARK = "DGSM_PERF_NETNS"
 

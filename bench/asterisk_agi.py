@@ -17,7 +17,6 @@ import argparse
 import asyncio
 import os
 import re
-import socket
 import statistics
 import subprocess
 import sys
@@ -26,6 +25,9 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
+
+from _common import MARK, cpu_seconds, enter_private_netns, pct  # noqa: E402
 
 from dgsm_integrations.lab.agi_peer import converse, env_block  # noqa: E402
 from dgsm_integrations.mslookup import Record, Responder  # noqa: E402
@@ -34,26 +36,6 @@ LO = "127.0.0.1"
 MDNS_PORT = 42738
 FASTAGI_PORT = 42737
 PROFILE = os.environ.get("DGSM_BENCH_PROFILE", "").split()
-
-
-def _in_private_netns() -> bool:
-    return all(name == "lo" for _, name in socket.if_nameindex())
-
-
-def _reexec_in_netns() -> None:
-    if os.environ.get("DGSM_BENCH_NETNS") == "1":
-        sys.exit("bench: still not in a private network namespace; refusing to run")
-    script = ("ip link set lo up && ip route add 224.0.0.0/4 dev lo && "
-              'exec "$0" "$@"')
-    os.environ["DGSM_BENCH_NETNS"] = "1"
-    argv = ["unshare", "-rn", "sh", "-c", script, sys.executable,
-            str(Path(__file__).resolve()), *sys.argv[1:]]
-    os.execvp("unshare", argv)  # noqa: S606 (fixed argv, the script is ours)
-
-
-def pct(values: list[float], p: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, round(p / 100 * (len(ordered) - 1)))]
 
 
 async def spawn_wall(argv: list[str], env: dict[str, str], talk: bool) -> float:
@@ -133,12 +115,6 @@ async def one_call(i: int, start_after: float = 0.0) -> dict[str, str]:
             writer.write(b"200 result=1\n")
     finally:
         writer.close()
-
-
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU time a process has used so far."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 async def start_responder(sessions: int) -> asyncio.subprocess.Process:
@@ -228,10 +204,10 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="a short run")
     parser.add_argument("--sessions", type=int, default=200, help="concurrent FastAGI calls")
     args = parser.parse_args()
-    if not _in_private_netns():
+    if os.environ.get(MARK) != Path(__file__).name:  # before entering: no index in there
         print(f"installing the project into {OPERATOR_VENV} (as an operator would)")
         operator_venv()
-        _reexec_in_netns()
+    enter_private_netns(__file__)
     asyncio.run(main_async(args))
 
 

@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import socket
 import sys
 import tempfile
 import threading
@@ -28,6 +27,9 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
+
+from _common import enter_private_netns, pct  # noqa: E402
 
 from dgsm_integrations.freeswitch.config import Config, cached_config  # noqa: E402
 from dgsm_integrations.freeswitch.server import EslServer  # noqa: E402
@@ -37,25 +39,6 @@ from tests.peers.fake_freeswitch import RecordingSession, install, run_action  #
 
 LO = "127.0.0.1"
 MDNS_PORT = 42743
-
-
-def _in_private_netns() -> bool:
-    return all(name == "lo" for _, name in socket.if_nameindex())
-
-
-def _reexec_in_netns() -> None:
-    if os.environ.get("DGSM_BENCH_NETNS") == "1":
-        sys.exit("bench: still not in a private network namespace; refusing to run")
-    script = "ip link set lo up && ip route add 224.0.0.0/4 dev lo && exec \"$0\" \"$@\""
-    os.environ["DGSM_BENCH_NETNS"] = "1"
-    argv = ["unshare", "-rn", "sh", "-c", script, sys.executable,
-            str(Path(__file__).resolve()), *sys.argv[1:]]
-    os.execvp("unshare", argv)  # noqa: S606 (fixed argv, the script is ours)
-
-
-def pct(values: list[float], p: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, round(p / 100 * (len(ordered) - 1)))]
 
 
 def line(name: str, values: list[float]) -> str:
@@ -132,8 +115,7 @@ def main() -> int:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="a short run")
     args = parser.parse_args()
-    if not _in_private_netns():
-        _reexec_in_netns()
+    enter_private_netns(__file__)
     runs = 200 if args.quick else 2000
     burst = 200
 

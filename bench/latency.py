@@ -25,7 +25,6 @@ import contextlib
 import json
 import os
 import shutil
-import socket
 import statistics
 import subprocess
 import sys
@@ -35,6 +34,9 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
+
+from _common import MARK, enter_private_netns, only_loopback, pct  # noqa: E402
 
 from dgsm_integrations.mslookup import (  # noqa: E402
     AsyncResolver,
@@ -47,7 +49,6 @@ from dgsm_integrations.mslookup import (  # noqa: E402
 LO = "127.0.0.1"
 SITE = "127.0.0.11"  # the responder answers from here
 ANSWER = "0,10.23.0.1:5060"  # age 0: a lookup ends at the first answer
-MARK = "DGSM_PERF_NETNS"
 TARGET_MEDIAN_MS = 1.0
 TARGET_RATIO = 4.0
 LIFETIME = 600.0  # no child outlives this, whatever happens to the parent
@@ -55,36 +56,7 @@ LIFETIME = 600.0  # no child outlives this, whatever happens to the parent
 
 # -- private network namespace ------------------------------------------------------------
 
-def only_loopback() -> bool:
-    return all(name == "lo" for _, name in socket.if_nameindex())
-
-
-def enter_private_netns() -> None:
-    """Re-execute this script in a fresh network namespace; set it up once inside."""
-    me = Path(__file__).name
-    if os.environ.get(MARK) != me:
-        if shutil.which("unshare") is None:
-            sys.exit("bench: unshare (util-linux) is needed to make a private network namespace")
-        probe = subprocess.run(["unshare", "-rn", "true"], capture_output=True, check=False)
-        flags = "-rn" if probe.returncode == 0 else "-n"
-        if flags == "-n" and os.geteuid() != 0:
-            sys.exit("bench: cannot create a private network namespace (unshare -rn failed): "
-                     "enable unprivileged user namespaces or run as root")
-        os.environ[MARK] = me
-        argv = ["unshare", flags, sys.executable, str(Path(__file__).resolve()), *sys.argv[1:]]
-        os.execvp("unshare", argv)  # noqa: S606 (fixed argv, the script is ours)
-    if not only_loopback():
-        sys.exit("bench: not in a private network namespace (interfaces besides lo); refusing")
-    subprocess.run(["ip", "link", "set", "lo", "up"], check=True)
-    subprocess.run(["ip", "route", "replace", "224.0.0.0/4", "dev", "lo"], check=True)
-
-
 # -- figures ------------------------------------------------------------------------------
-
-def pct(values: list[float], p: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, round(p / 100 * (len(ordered) - 1)))]
-
 
 def summary(values_s: list[float]) -> dict[str, float]:
     ms = [v * 1000 for v in values_s]
@@ -273,7 +245,7 @@ def main() -> None:
             sys.exit("bench: --serve runs only inside the benchmark's own namespace")
         asyncio.run(serve(*args.serve))
         return
-    enter_private_netns()
+    enter_private_netns(__file__)
     sys.exit(main_bench(args.quick))
 
 

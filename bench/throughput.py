@@ -25,8 +25,6 @@ import contextlib
 import json
 import os
 import resource
-import shutil
-import socket
 import statistics
 import subprocess
 import sys
@@ -37,6 +35,9 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
+
+from _common import MARK, enter_private_netns, only_loopback  # noqa: E402
 
 from dgsm_integrations.mslookup import (  # noqa: E402
     AsyncResolver,
@@ -55,35 +56,10 @@ LO = "127.0.0.1"
 SITES = 3
 MIN_DELAY = 1.0
 TARGET_SLACK = 0.5  # wall time target: min_delay + this
-MARK = "DGSM_PERF_NETNS"
 LIFETIME = 600.0  # no child outlives this, whatever happens to the parent
 
 
 # -- private network namespace ------------------------------------------------------------
-
-def only_loopback() -> bool:
-    return all(name == "lo" for _, name in socket.if_nameindex())
-
-
-def enter_private_netns() -> None:
-    """Re-execute this script in a fresh network namespace; set it up once inside."""
-    me = Path(__file__).name
-    if os.environ.get(MARK) != me:
-        if shutil.which("unshare") is None:
-            sys.exit("bench: unshare (util-linux) is needed to make a private network namespace")
-        probe = subprocess.run(["unshare", "-rn", "true"], capture_output=True, check=False)
-        flags = "-rn" if probe.returncode == 0 else "-n"
-        if flags == "-n" and os.geteuid() != 0:
-            sys.exit("bench: cannot create a private network namespace (unshare -rn failed): "
-                     "enable unprivileged user namespaces or run as root")
-        os.environ[MARK] = me
-        argv = ["unshare", flags, sys.executable, str(Path(__file__).resolve()), *sys.argv[1:]]
-        os.execvp("unshare", argv)  # noqa: S606 (fixed argv, the script is ours)
-    if not only_loopback():
-        sys.exit("bench: not in a private network namespace (interfaces besides lo); refusing")
-    subprocess.run(["ip", "link", "set", "lo", "up"], check=True)
-    subprocess.run(["ip", "route", "replace", "224.0.0.0/4", "dev", "lo"], check=True)
-
 
 # -- the sites ----------------------------------------------------------------------------
 
@@ -238,11 +214,6 @@ def maxrss_kib() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
 
 
-def pct(values: list[float], p: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, round(p / 100 * (len(ordered) - 1)))]
-
-
 def table(headers: list[str], rows: list[list[str]]) -> str:
     widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(headers)]
     line = "  ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True))
@@ -379,7 +350,7 @@ def main() -> None:
         else:
             asyncio.run(serve(k))
         return
-    enter_private_netns()
+    enter_private_netns(__file__)
     sys.exit(main_bench(args.quick, args.lookups))
 
 

@@ -11,6 +11,7 @@ import os
 from dataclasses import dataclass, field, fields
 from typing import Any
 
+from ..settings import ConfigError, convert, read_config_file
 from ._core import DEFAULT_GROUP_V4, DEFAULT_PORT, DEFAULT_SUFFIX
 from .routing import CAUSE_ERROR, CAUSE_INVALID, CAUSE_NOT_FOUND, Routing
 
@@ -18,11 +19,8 @@ __all__ = ["DEFAULT_CONFIG_PATH", "Config", "ConfigError", "read_config_file"]
 
 #: Where the AGI script looks for its settings (``DGSM_AGI_CONFIG`` overrides).
 DEFAULT_CONFIG_PATH = "/etc/dgsm-integrations/asterisk.conf"
-_MAX_FILE = 64 * 1024
 
 
-class ConfigError(ValueError):
-    """A setting is unknown or has a bad value."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,55 +104,13 @@ class Config:
             kind = kinds.get(key)
             if kind is None:
                 raise ConfigError(f"unknown setting {raw_key!r}")
-            kw[key] = _convert(key, str(kind), text.strip())
+            kw[key] = convert(key, str(kind), text.strip())
         try:
             return cls(**kw)
         except ConfigError:
             raise
         except (TypeError, ValueError) as exc:
             raise ConfigError(str(exc)) from None
-
-
-def _convert(key: str, kind: str, text: str) -> Any:
-    try:
-        if kind == "bool":
-            if text.lower() in ("1", "yes", "true", "on"):
-                return True
-            if text.lower() in ("0", "no", "false", "off"):
-                return False
-            raise ValueError(text)
-        if kind == "int":
-            return int(text)
-        if kind == "float":
-            return float(text)
-        if kind == "float | None":
-            return None if text.lower() in ("", "none") else float(text)
-        if kind == "str | None":
-            return None if text.lower() in ("", "none") else text
-        if kind == "tuple[str, ...] | None":
-            items = tuple(t.strip() for t in text.split(",") if t.strip())
-            return items or None
-        return text
-    except ValueError:
-        raise ConfigError(f"bad value {text!r} for {key.replace('_', '-')}") from None
-
-
-def read_config_file(path: str) -> dict[str, str]:
-    """Read ``key = value`` lines; raises ConfigError (OSError if it cannot be read)."""
-    with open(path, encoding="utf-8") as f:
-        text = f.read(_MAX_FILE + 1)
-    if len(text) > _MAX_FILE:
-        raise ConfigError(f"{path}: larger than {_MAX_FILE} bytes")
-    values: dict[str, str] = {}
-    for number, line in enumerate(text.splitlines(), 1):
-        line = line.split("#", 1)[0].strip()
-        if not line:
-            continue
-        key, sep, value = line.partition("=")
-        if not sep or not key.strip():
-            raise ConfigError(f"{path}:{number}: need 'key = value'")
-        values[key.strip()] = value.strip()
-    return values
 
 
 def config_from_environment() -> Config:

@@ -22,16 +22,15 @@ import argparse
 import asyncio
 import contextlib
 import logging
-import signal
 import sys
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass, fields
 
 from dgsm_integrations.mslookup import AsyncResolver, InvalidQuery, MslookupError
 
+from .._daemon import add_mslookup_args, run_daemon
 from .agi import AgiEnv, AgiProtocolError, EnvParser, Hangup, Reply, ReplyParser, set_variable
-from .config import Config, ConfigError, read_config_file
+from .config import Config
 from .routing import Verdict, parse_extension
 
 __all__ = ["FastAgiServer", "ServerStats", "build_parser", "main"]
@@ -417,67 +416,14 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--cause-error", metavar="Q850", help="DGSM_CAUSE when lookup fails (34)")
     r.add_argument("--cause-invalid", metavar="Q850",
                    help="DGSM_CAUSE for an extension that is no MSISDN (28)")
-    m = p.add_argument_group("mslookup (as dgsm-mslookup / OsmoHLR)")
-    m.add_argument("--group", help="multicast group (239.192.23.42)")
-    m.add_argument("--mdns-port", metavar="PORT", help="multicast port (4266)")
-    m.add_argument("--interface", help="interface name or local IPv4 address")
-    m.add_argument("--ttl", help="multicast TTL (1)")
-    m.add_argument("--suffix", help="mDNS domain suffix (mdns.osmocom.org)")
-    m.add_argument("--min-delay", metavar="S", help="collect answers this long (1.0)")
-    m.add_argument("--timeout", metavar="S", help="give up after (= min-delay)")
-    m.add_argument("--resend", metavar="N", help="extra copies of each query (4)")
-    m.add_argument("--trusted", metavar="NETS",
-                   help="comma-separated networks allowed to answer (all)")
+    add_mslookup_args(p)
     return p
-
-
-def load_config(args: argparse.Namespace) -> Config:
-    values: dict[str, str] = {}
-    if args.config:
-        values.update(read_config_file(args.config))
-    for action_name, value in vars(args).items():
-        if action_name in ("config", "check") or value is None:
-            continue
-        values[action_name] = str(value)
-    return Config.from_strings(values)
-
-
-async def _serve(config: Config) -> int:
-    server = FastAgiServer(config)
-    try:
-        await server.start()
-    except (MslookupError, OSError) as exc:
-        log.error("cannot start: %s", exc)
-        await server.resolver.close()
-        return 2
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    await stop.wait()
-    log.info("stopping: %d calls in progress, grace %.1f s", server.active, config.grace)
-    await server.close()
-    log.info("stopped after %s", server.stats.as_dict())
-    return 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``dgsm-fastagi`` console script."""
     args = build_parser().parse_args(argv)
-    try:
-        config = load_config(args)
-    except (ConfigError, OSError) as exc:
-        print(f"dgsm-fastagi: {exc}", file=sys.stderr)
-        return 2
-    if args.check:
-        for f in fields(config):
-            if f.init:
-                print(f"{f.name.replace('_', '-')} = {getattr(config, f.name)}")
-        return 0
-    logging.basicConfig(level=config.log_level.upper(), stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(message)s")
-    logging.Formatter.converter = time.gmtime
-    return asyncio.run(_serve(config))
+    return run_daemon("dgsm-fastagi", args, Config.from_strings, FastAgiServer, log)
 
 
 if __name__ == "__main__":

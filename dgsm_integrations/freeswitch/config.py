@@ -25,6 +25,7 @@ from ..mslookup import DEFAULT_GROUP_V4, DEFAULT_PORT, DEFAULT_SUFFIX, IdType, Q
 from ..mslookup.aio import parse_networks
 from ..mslookup.query import validate_suffix
 from ..mslookup.transport import MulticastConfig
+from ..settings import ConfigError, convert, read_config_file
 from .causes import normalize_cause
 
 __all__ = [
@@ -40,7 +41,6 @@ __all__ = [
 #: Where both ways look for their settings (the environment variable overrides).
 DEFAULT_CONFIG_PATH = "/etc/dgsm-integrations/freeswitch.conf"
 CONFIG_ENV = "DGSM_FS_CONFIG"
-_MAX_FILE = 64 * 1024
 
 #: Settings a call may override with a ``dgsm_<key>`` channel variable.
 PER_CALL: tuple[str, ...] = (
@@ -57,8 +57,6 @@ _CODECS = re.compile(r"[A-Za-z0-9][A-Za-z0-9@._-]{0,31}(?:,[A-Za-z0-9][A-Za-z0-9
 _LOG_LEVELS = ("debug", "info", "warning", "error")
 
 
-class ConfigError(ValueError):
-    """A setting is unknown or has a bad value."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -199,55 +197,8 @@ def _convert_all(values: Mapping[str, str], allowed: tuple[str, ...] | None) -> 
         kind = _KINDS.get(key)
         if kind is None or (allowed is not None and key not in allowed):
             raise ConfigError(f"unknown setting {raw_key[:40]!r}")
-        kw[key] = _convert(key, kind, text.strip())
+        kw[key] = convert(key, kind, text.strip())
     return kw
-
-
-def _convert(key: str, kind: str, text: str) -> Any:
-    try:
-        if kind == "bool":
-            if text.lower() in ("1", "yes", "true", "on"):
-                return True
-            if text.lower() in ("0", "no", "false", "off"):
-                return False
-            raise ValueError(text)
-        if kind == "int":
-            return int(text, 10)
-        if kind == "float":
-            value = float(text)
-            if value != value or value in (float("inf"), float("-inf")):
-                raise ValueError(text)
-            return value
-        if kind in ("float | None", "int | None"):
-            if text.lower() in ("", "none"):
-                return None
-            return _convert(key, kind.split(" ")[0], text)
-        if kind == "str | None":
-            return None if text.lower() in ("", "none") else text
-        if kind == "tuple[str, ...] | None":
-            items = tuple(t.strip() for t in text.split(",") if t.strip())
-            return items or None
-        return text
-    except ValueError:
-        raise ConfigError(f"bad value {text[:40]!r} for {key.replace('_', '-')}") from None
-
-
-def read_config_file(path: str) -> dict[str, str]:
-    """Read ``key = value`` lines; raises ConfigError (OSError if it cannot be read)."""
-    with open(path, encoding="utf-8") as f:
-        text = f.read(_MAX_FILE + 1)
-    if len(text) > _MAX_FILE:
-        raise ConfigError(f"{path}: larger than {_MAX_FILE} bytes")
-    values: dict[str, str] = {}
-    for number, line in enumerate(text.splitlines(), 1):
-        line = line.split("#", 1)[0].strip()
-        if not line:
-            continue
-        key, sep, value = line.partition("=")
-        if not sep or not key.strip():
-            raise ConfigError(f"{path}:{number}: need 'key = value'")
-        values[key.strip()] = value.strip()
-    return values
 
 
 _cache_lock = threading.Lock()

@@ -29,14 +29,14 @@ import contextlib
 import logging
 import re
 import secrets
-import signal
 import sys
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass, fields
 
+from .._daemon import add_mslookup_args, run_daemon
 from ..mslookup import AsyncResolver, MslookupError
-from .config import Config, ConfigError, read_config_file
+from ..settings import ConfigError
+from .config import Config
 from .esl import (
     EslProtocolError,
     Message,
@@ -480,66 +480,14 @@ def build_parser() -> argparse.ArgumentParser:
                    help="lookup failed or timed out (NORMAL_TEMPORARY_FAILURE)")
     r.add_argument("--cause-invalid", metavar="CAUSE",
                    help="destination is not 1-15 digits (INVALID_NUMBER_FORMAT)")
-    m = p.add_argument_group("mslookup (as dgsm-mslookup / OsmoHLR)")
-    m.add_argument("--group", help="multicast group (239.192.23.42)")
-    m.add_argument("--mdns-port", metavar="PORT", help="multicast port (4266)")
-    m.add_argument("--interface", help="interface name or local IPv4 address")
-    m.add_argument("--ttl", help="multicast TTL (1)")
-    m.add_argument("--suffix", help="mDNS domain suffix (mdns.osmocom.org)")
-    m.add_argument("--min-delay", metavar="S", help="collect answers this long (1.0)")
-    m.add_argument("--timeout", metavar="S", help="give up after (= min-delay)")
-    m.add_argument("--resend", metavar="N", help="extra copies of each query (4)")
-    m.add_argument("--trusted", metavar="NETS",
-                   help="comma-separated networks allowed to answer (all)")
+    add_mslookup_args(p)
     return p
-
-
-def load_config(args: argparse.Namespace) -> Config:
-    values: dict[str, str] = {}
-    if args.config:
-        values.update(read_config_file(args.config))
-    for name, value in vars(args).items():
-        if name in ("config", "check") or value is None:
-            continue
-        values[name] = str(value)
-    return Config.from_strings(values)
-
-
-async def _serve(config: Config) -> int:
-    server = EslServer(config)
-    try:
-        await server.start()
-    except (MslookupError, OSError) as exc:
-        log.error("cannot start: %s", exc)
-        await server.resolver.close()
-        return 2
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    await stop.wait()
-    log.info("stopping: %d calls in progress, grace %.1f s", server.active, config.grace)
-    await server.close()
-    log.info("stopped after %s", server.stats.as_dict())
-    return 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``dgsm-fs-esl`` console script."""
     args = build_parser().parse_args(argv)
-    try:
-        config = load_config(args)
-    except (ConfigError, OSError, UnicodeDecodeError) as exc:
-        print(f"dgsm-fs-esl: {exc}", file=sys.stderr)
-        return 2
-    if args.check:
-        for f in fields(config):
-            print(f"{f.name.replace('_', '-')} = {getattr(config, f.name)}")
-        return 0
-    logging.basicConfig(level=config.log_level.upper(), stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(message)s")
-    logging.Formatter.converter = time.gmtime
-    return asyncio.run(_serve(config))
+    return run_daemon("dgsm-fs-esl", args, Config.from_strings, EslServer, log)
 
 
 if __name__ == "__main__":

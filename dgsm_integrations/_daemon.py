@@ -1,0 +1,105 @@
+"""What the long-lived servers (``dgsm-fastagi``, ``dgsm-fs-esl``) share around their core:
+the mslookup flags, settings from a file then flags, and serving until SIGTERM/SIGINT."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import signal
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import fields
+from typing import Any, ClassVar, Protocol, TypeVar
+
+from .mslookup import MslookupError
+from .settings import ConfigError, read_config_file
+
+__all__ = ["Server", "add_mslookup_args", "run_daemon", "settings_from_args"]
+
+class DaemonConfig(Protocol):
+    """A config dataclass with the fields every daemon has."""
+
+    __dataclass_fields__: ClassVar[dict[str, Any]]
+
+    @property
+    def log_level(self) -> str: ...
+    @property
+    def grace(self) -> float: ...
+
+
+C = TypeVar("C", bound=DaemonConfig)
+
+
+class Server(Protocol):
+    resolver: Any
+    stats: Any
+
+    @property
+    def active(self) -> int: ...
+    async def start(self) -> None: ...
+    async def close(self, grace: float | None = None) -> None: ...
+
+
+def add_mslookup_args(p: argparse.ArgumentParser) -> None:
+    m = p.add_argument_group("mslookup (as dgsm-mslookup / OsmoHLR)")
+    m.add_argument("--group", help="multicast group (239.192.23.42)")
+    m.add_argument("--mdns-port", metavar="PORT", help="multicast port (4266)")
+    m.add_argument("--interface", help="interface name or local IPv4 address")
+    m.add_argument("--ttl", help="multicast TTL (1)")
+    m.add_argument("--suffix", help="mDNS domain suffix (mdns.osmocom.org)")
+    m.add_argument("--min-delay", metavar="S", help="collect answers this long (1.0)")
+    m.add_argument("--timeout", metavar="S", help="give up after (= min-delay)")
+    m.add_argument("--resend", metavar="N", help="extra copies of each query (4)")
+    m.add_argument("--trusted", metavar="NETS",
+                   help="comma-separated networks allowed to answer (all)")
+
+
+def settings_from_args(args: argparse.Namespace) -> dict[str, str]:
+    """``--config FILE`` first, then every flag given on the command line."""
+    values: dict[str, str] = {}
+    if args.config:
+        values.update(read_config_file(args.config))
+    for name, value in vars(args).items():
+        if name in ("config", "check") or value is None:
+            continue
+        values[name] = str(value)
+    return values
+
+
+async def _serve(server: Server, grace: float, log: logging.Logger) -> int:
+    try:
+        await server.start()
+    except (MslookupError, OSError) as exc:
+        log.error("cannot start: %s", exc)
+        await server.resolver.close()
+        return 2
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    log.info("stopping: %d calls in progress, grace %.1f s", server.active, grace)
+    await server.close()
+    log.info("stopped after %s", server.stats.as_dict())
+    return 0
+
+
+def run_daemon(prog: str, args: argparse.Namespace, from_strings: Callable[[dict[str, str]], C],
+               make_server: Callable[[C], Server], log: logging.Logger) -> int:
+    """Settings, ``--check``, logging, then serve until SIGTERM/SIGINT; the exit status."""
+    try:
+        config = from_strings(settings_from_args(args))
+    except (ConfigError, OSError, UnicodeDecodeError) as exc:
+        print(f"{prog}: {exc}", file=sys.stderr)
+        return 2
+    if args.check:
+        for f in fields(config):
+            if f.init:
+                print(f"{f.name.replace('_', '-')} = {getattr(config, f.name)}")
+        return 0
+    logging.basicConfig(level=config.log_level.upper(), stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(message)s")
+    logging.Formatter.converter = time.gmtime
+    return asyncio.run(_serve(make_server(config), config.grace, log))
