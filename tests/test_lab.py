@@ -188,7 +188,8 @@ def test_calls_and_sms_through_each_integration_land_where_the_callee_is(
         lab: Lab, services: Services) -> None:
     imsi, msisdn = new_subscriber(lab)
     lab["C"].attach(imsi)
-    for place in (services.freeswitch_call, services.asterisk_call):
+    for place in (services.freeswitch_call, services.asterisk_call,
+                  services.asterisk_script_call):
         c = place(msisdn)
         assert c.result == "found" and c.target == (msisdn, lab["C"].addr, 5060), c
         assert c.sip is not None and c.sip.code == 200, c
@@ -215,11 +216,13 @@ def test_cut_village_calls_hang_up_with_their_cause_and_sms_is_refused(
     try:
         fs = services.freeswitch_call(msisdn)
         agi = services.asterisk_call(msisdn)
+        script = services.asterisk_script_call(msisdn)
         sms = services.send_sms("1002", msisdn, "lost?")
     finally:
         lab.restore("C")
     assert (fs.result, fs.decision, fs.sip) == ("not-found", "hangup UNALLOCATED_NUMBER", None)
     assert (agi.result, agi.decision, agi.sip) == ("not-found", "hangup 1", None)
+    assert (script.result, script.decision, script.sip) == ("not-found", "hangup 1", None)
     assert sms == 8  # RSYSERR: the village may come back; the phone may retry
     assert not any(s.get("destination_addr") == msisdn.encode() for s in services.sms_at("C"))
     assert services.freeswitch_call(msisdn).target == (msisdn, lab["C"].addr, 5060)

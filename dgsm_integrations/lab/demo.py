@@ -131,6 +131,7 @@ def run_demo(villages: list[str] | None = None, keep: bool = False,
             st.step("Bob calls Alice")
             st.call("FreeSWITCH (dgsm-fs-esl)", s.freeswitch_call, "C")
             st.call("Asterisk (dgsm-fastagi)", s.asterisk_call, "C")
+            st.call("Asterisk (the dgsm-agi script)", s.asterisk_script_call, "C")
             st.step("Bob sends Alice an SMS")
             st.sms("hello Alice", "C")
             st.step("C's wifi link turns bad: 20% of packets lost each way")

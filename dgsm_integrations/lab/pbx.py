@@ -17,7 +17,7 @@ from .agi_peer import converse, env_block
 from .esl_peer import Script, play_call
 from .sip import CallResult, call
 
-__all__ = ["PbxCall", "asterisk_call", "freeswitch_call", "sip_target"]
+__all__ = ["PbxCall", "asterisk_call", "asterisk_script_call", "freeswitch_call", "sip_target"]
 
 # sofia/<profile>/sip:<user>@<host>:<port>, PJSIP/<endpoint>/sip:<user>@<host>:<port>
 _TARGET = re.compile(r"(?:sofia/[^/|]+|PJSIP/[^/|]+)/sip:([0-9]{1,15})@"
@@ -88,3 +88,34 @@ async def asterisk_call(server_host: str, server_port: int, dest: str, *,
     target = sip_target(dial)
     sip = await call(*target, timeout=timeout) if target else None
     return PbxCall("Asterisk", dest, dial, result, sip, time.monotonic() - t0)
+
+
+async def asterisk_script_call(argv: list[str], env: dict[str, str], dest: str, *,
+                               timeout: float = 10.0) -> PbxCall:
+    """Asterisk's ``AGI(dgsm-agi,${EXTEN})``: spawn the local AGI script (``argv``), talk AGI
+    over its stdin/stdout, then ``Dial()`` or ``Hangup()`` as the dialplan would."""
+    import asyncio
+
+    t0 = time.monotonic()
+    proc = await asyncio.create_subprocess_exec(
+        *argv, dest, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.DEVNULL, env=env)
+    assert proc.stdin is not None and proc.stdout is not None
+    try:
+        ex = await converse(proc.stdout, proc.stdin, env_block([dest]), timeout=timeout)
+    finally:
+        if proc.returncode is None:
+            try:
+                await asyncio.wait_for(proc.wait(), timeout)
+            except TimeoutError:
+                proc.kill()
+                await proc.wait()
+    result = ex.variables.get("DGSM_RESULT", "")
+    dial = ex.variables.get("DGSM_DIAL", "")
+    if result != "found" or not dial:
+        return PbxCall("Asterisk AGI script", dest,
+                       f"hangup {ex.variables.get('DGSM_CAUSE', '?')}", result or "none", None,
+                       time.monotonic() - t0)
+    target = sip_target(dial)
+    sip = await call(*target, timeout=timeout) if target else None
+    return PbxCall("Asterisk AGI script", dest, dial, result, sip, time.monotonic() - t0)

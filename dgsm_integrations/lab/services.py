@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
+import sys
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -26,7 +28,7 @@ from ..freeswitch.config import Config as FsConfig
 from ..freeswitch.server import EslServer
 from ..mslookup import AnswerTrace, AsyncResolver, Result
 from .network import SIP_PORT, SMPP_PORT, Lab, Village
-from .pbx import PbxCall, asterisk_call, freeswitch_call
+from .pbx import PbxCall, asterisk_call, asterisk_script_call, freeswitch_call
 from .sip import Invite, SipUas
 from .smsc import SmscPeer, Submitted, mo_sms
 
@@ -141,6 +143,16 @@ class Services:
     def asterisk_call(self, dest: str) -> PbxCall:
         v = self.village
         return v.loop.run(asterisk_call(v.addr, FASTAGI_PORT, dest))
+
+    def asterisk_script_call(self, dest: str) -> PbxCall:
+        """The per-call AGI script (``dgsm-agi``), spawned inside the caller's village."""
+        v = self.village
+        conf = v.workdir / "asterisk.conf"
+        conf.write_text(f"interface = {v.addr}\nmin-delay = {self.min_delay}\n")
+        env = dict(os.environ, DGSM_AGI_CONFIG=str(conf))
+        argv = v.ns.argv([sys.executable, "-c", "import sys; from dgsm_integrations.asterisk."
+                          "script import main; sys.exit(main())"])
+        return v.loop.run(asterisk_script_call(argv, env, dest))
 
     def invite_at(self, village: str, user: str, timeout: float = 5.0) -> Invite | None:
         """The INVITE for ``user`` that reached ``village``'s SIP endpoint, if any."""
