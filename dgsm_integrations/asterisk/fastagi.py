@@ -99,20 +99,26 @@ class _Session:
                 self.awaiting_reply = False
             self.queue.put_nowait(event)
 
-    async def pump(self) -> None:
-        """Read the socket for the rest of the call, into the queue."""
+    async def _read_once(self) -> bool:
+        """Read one chunk into the queue; False once the connection is over (queued)."""
         try:
-            while True:
-                data = await self.reader.read(4096)
-                if not data:
-                    self.queue.put_nowait(_Closed("EOF"))
-                    return
-                self._feed(data)
+            data = await self.reader.read(4096)
+            if not data:
+                self.queue.put_nowait(_Closed("EOF"))
+                return False
+            self._feed(data)
+            return True
         except AgiProtocolError as exc:
             self.protocol_error = str(exc)
             self.queue.put_nowait(_Closed(f"protocol error: {exc}"))
         except (ConnectionError, OSError) as exc:
             self.queue.put_nowait(_Closed(f"connection error: {exc}"))
+        return False
+
+    async def pump(self) -> None:
+        """Read the socket for the rest of the call, into the queue (during the lookup)."""
+        while await self._read_once():
+            pass
 
     async def read_direct(self) -> None:
         """Read the socket into the queue until it holds an event (after the lookup).
@@ -120,18 +126,8 @@ class _Session:
         Once the lookup is over the pump task is stopped and replies are read here, by the
         command that waits for them: one task switch less per ``SET VARIABLE``.
         """
-        while self.queue.empty():
-            try:
-                data = await self.reader.read(4096)
-                if not data:
-                    self.queue.put_nowait(_Closed("EOF"))
-                    return
-                self._feed(data)
-            except AgiProtocolError as exc:
-                self.protocol_error = str(exc)
-                self.queue.put_nowait(_Closed(f"protocol error: {exc}"))
-            except (ConnectionError, OSError) as exc:
-                self.queue.put_nowait(_Closed(f"connection error: {exc}"))
+        while self.queue.empty() and await self._read_once():
+            pass
 
     async def next_event(self) -> Reply | Hangup:
         if self.direct and self.queue.empty():
