@@ -120,11 +120,13 @@ def test_link_cut_others_keep_working_cut_village_not_found_then_back(lab: Lab) 
 
 
 def test_twenty_percent_loss_on_a_village_link(lab: Lab) -> None:
-    """20% of packets dropped each way on C's link (nftables). The resolver issue's target
-    is 99% found at 20% loss (bench/loss.py measures it with a confidence interval); here a
-    bounded run of 300 lookups must find at least 97% (a 99.5%-capable resolver misses that
-    with a probability below 1e-4)."""
-    subs = [new_subscriber(lab) for _ in range(30)]
+    """20% of packets dropped each way on C's link (nftables): a query reaches C's OsmoHLR
+    and its answer comes back with probability 0.64, and the resolver sends each query five
+    times, so 99.4% should be found (the resolver issue's target: 99% at 20% loss; bench/loss.py
+    measures 99.55%). 1,000 lookups must find at least 98.5%: at 99.4% that fails once in
+    2,000 runs, at 99.55% once in 50,000; a resolver that sends each query once (64%) always
+    fails it, one whose found rate fell to 98% in 85% of runs."""
+    subs = [new_subscriber(lab) for _ in range(100)]
     for imsi, _ in subs:
         lab["C"].attach(imsi)
     lab.lossy("C", 20)
@@ -138,8 +140,8 @@ def test_twenty_percent_loss_on_a_village_link(lab: Lab) -> None:
             total += len(results)
     finally:
         lab.lossy("C", 0)
-    assert total == 300
-    assert found / total >= 0.97, f"found {found}/{total} at 20% loss"
+    assert total == 1000
+    assert found / total >= 0.985, f"found {found}/{total} at 20% loss"
 
 
 def test_lab_leaves_nothing_behind_even_when_the_body_fails(tmp_path: Path) -> None:
