@@ -28,7 +28,7 @@ from dgsm_integrations.lab.smsc import SmscPeer, mo_sms
 from dgsm_integrations.mslookup import AsyncResolver, Record, Responder
 
 from .conftest import LO
-from .peers.osmomsc import OsmoMsc
+from .peers.osmomsc import OsmoMsc, unpack_septets
 
 MSC_PORT = 42790
 MDNS_PORT = 42800
@@ -40,12 +40,6 @@ def run(coro: Awaitable[T], limit: float = 60) -> T:
     async def bounded() -> T:
         return await asyncio.wait_for(coro, limit)
     return asyncio.run(bounded())
-
-
-def unpack_septets(data: bytes, count: int) -> bytes:
-    """The first ``count`` 7-bit values packed LSB first in ``data`` (GSM 03.38 packing)."""
-    bits = int.from_bytes(data, "little")
-    return bytes((bits >> (7 * i)) & 0x7F for i in range(count))
 
 
 @pytest.fixture

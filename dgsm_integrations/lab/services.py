@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import shutil
 import sys
 from dataclasses import dataclass, field
 from typing import Any
@@ -28,9 +29,10 @@ from ..freeswitch.config import Config as FsConfig
 from ..freeswitch.server import EslServer
 from ..mslookup import AnswerTrace, AsyncResolver, Result
 from .network import SIP_PORT, SMPP_PORT, Lab, Village
+from .osmomsc import OsmoMsc, unpack_septets
 from .pbx import PbxCall, asterisk_call, asterisk_script_call, freeswitch_call
 from .sip import Invite, SipUas
-from .smsc import SmscPeer, Submitted, mo_sms
+from .smsc import SmscPeer, mo_sms
 
 __all__ = ["ESL_PORT", "FASTAGI_PORT", "Services"]
 
@@ -40,7 +42,8 @@ ESL_PORT, FASTAGI_PORT = 8084, 4573
 @dataclass
 class _Endpoints:
     uas: SipUas
-    smsc: SmscPeer
+    smsc: SmscPeer | None = None  # the stand-in OsmoMSC
+    msc: OsmoMsc | None = None  # a real osmo-msc as the village's SMSC
 
 
 @dataclass
@@ -51,6 +54,9 @@ class Services:
     home: str = "B"
     min_delay: float = 0.5
     budget: float = 4.0
+    #: a real osmo-msc as the SMSC of the other villages (None: if osmo-msc and gcc exist);
+    #: the caller's village keeps the stand-in, which sends deliver_sm as if phones did
+    real_msc: bool | None = None
     endpoints: dict[str, _Endpoints] = field(default_factory=dict)
     _pbx: list[Any] = field(default_factory=list)
 
@@ -59,13 +65,27 @@ class Services:
         return self.lab[self.home]
 
     def start(self) -> Services:
-        for v in self.lab:
-            self.endpoints[v.name] = v.loop.run(self._endpoints(v))
-        self.village.loop.run(self._integrations())
+        if self.real_msc is None:
+            self.real_msc = bool(shutil.which("osmo-msc") and shutil.which("gcc"))
+        try:
+            for v in self.lab:
+                real = self.real_msc and v.name != self.home
+                self.endpoints[v.name] = v.loop.run(self._endpoints(v, stand_in=not real))
+                if real:
+                    msc = OsmoMsc(v.workdir / "osmo-msc", SMPP_PORT, bind_ip=v.addr,
+                                  hlr_ip=v.addr, netns=v.ns, system_id=f"MSC-{v.name}")
+                    msc.start()
+                    self.endpoints[v.name].msc = msc
+            self.village.loop.run(self._integrations())
+        except BaseException:
+            self.close()
+            raise
         return self
 
-    async def _endpoints(self, v: Village) -> _Endpoints:
+    async def _endpoints(self, v: Village, stand_in: bool) -> _Endpoints:
         uas = await SipUas.start(v.addr, SIP_PORT)
+        if not stand_in:
+            return _Endpoints(uas)
         smsc = SmscPeer(v.addr, SMPP_PORT)
         await smsc.__aenter__()
         return _Endpoints(uas, smsc)
@@ -87,6 +107,7 @@ class Services:
                                backoff_max=1.0, connect_timeout=1.0), resolver)
         task = asyncio.get_running_loop().create_task(esme.run())
         msc = self.endpoints[v.name].smsc
+        assert msc is not None
         await msc.wait_for(lambda: msc.route() is not None, timeout=10)
         self._pbx = [fs, agi, esme, task, resolver]
 
@@ -105,9 +126,13 @@ class Services:
                 self.village.loop.run(stop(), 15)
             self._pbx = []
         for name, ep in self.endpoints.items():
+            if ep.msc is not None:
+                ep.msc.stop()
+
             async def stop_endpoint(ep: _Endpoints = ep) -> None:
                 ep.uas.close()
-                await ep.smsc.close()
+                if ep.smsc is not None:
+                    await ep.smsc.close()
             with contextlib.suppress(Exception):
                 self.lab[name].loop.run(stop_endpoint(), 10)
         self.endpoints.clear()
@@ -168,9 +193,25 @@ class Services:
         """A phone at the caller's village sends an SMS: its OsmoMSC hands it to the ESME as
         deliver_sm; the deliver_sm_resp status (None: none within 5 s, like osmo-msc)."""
         msc = self.endpoints[self.home].smsc
+        assert msc is not None
         fields = mo_sms(src, dst, text.encode("ascii", "replace"))
         return self.village.loop.run(msc.deliver(fields), 10)
 
-    def sms_at(self, village: str) -> list[Submitted]:
-        """What ``village``'s OsmoMSC was given by submit_sm so far."""
-        return list(self.endpoints[village].smsc.submits)
+    def sms_at(self, village: str) -> list[tuple[str, bytes]]:
+        """(recipient, user data) of every SMS ``village``'s SMSC was given so far: read from
+        the real osmo-msc's database (GSM 7-bit unpacked), or the stand-in's records."""
+        ep = self.endpoints[village]
+        if ep.msc is not None:
+            out = []
+            for row in ep.msc.stored_sms():
+                data = bytes(row["user_data"] or b"")
+                if row["data_coding_scheme"] == 0:  # packed by osmo-msc: one septet a byte
+                    data = unpack_septets(data, len(data) * 8 // 7).rstrip(b"\0")
+                out.append((str(row["dest_addr"]), data))
+            return out
+        assert ep.smsc is not None
+        return [(bytes(s.get("destination_addr") or b"").decode("latin-1"),
+                 bytes(s.get("short_message") or b"")) for s in ep.smsc.submits]
+
+    def smsc_kind(self, village: str) -> str:
+        return "osmo-msc" if self.endpoints[village].msc is not None else "SMSC stand-in"

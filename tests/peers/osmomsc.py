@@ -1,148 +1,21 @@
-"""A real ``osmo-msc`` (Debian's package) as the SMPP peer of the ESME.
-
-osmo-msc 1.9 exits at start on a kernel without SCTP ("Starting SGs server failed"): its SGs
-server and its M3UA client open SCTP sockets. :func:`build_shim` compiles ``nosctp.c`` (an
-LD_PRELOAD shim of ours, next to this file) with gcc into a temporary directory, once per test
-session; it turns SCTP sockets into TCP ones and SCTP socket options into no-ops, so osmo-msc
-starts. Nothing the tests use goes over SGs or the A interface: they speak SMPP to it and read
-its SMS database (``sms-database``, SQLite).
-
-Without an STP or an HLR osmo-msc keeps running: it retries its M3UA and GSUP connections in
-the background. It must run inside the test's private network namespace (its VTY, CTRL and
-SGs ports are fixed: 4254, 4255, 29118); the SMPP port is ours to choose.
-"""
+"""A real osmo-msc as a test peer: the lab's :class:`~dgsm_integrations.lab.osmomsc.OsmoMsc`,
+with a missing ``osmo-msc`` or ``gcc`` failing the test under CI and skipping it elsewhere."""
 
 from __future__ import annotations
 
-import contextlib
-import os
-import socket
-import sqlite3
-import subprocess
-import tempfile
-import time
-from pathlib import Path
-from typing import IO, Any
+from dgsm_integrations.lab import osmomsc as _lab
 
 from . import require_binary
 
-__all__ = ["OsmoMsc", "OsmoMscError", "build_shim"]
+__all__ = ["OsmoMsc", "OsmoMscError", "unpack_septets"]
 
-SHIM_SOURCE = Path(__file__).with_name("nosctp.c")
-_shim_cache: dict[str, Path] = {}
-
-
-class OsmoMscError(Exception):
-    """osmo-msc did not start, or exited; the message carries the end of its log."""
+OsmoMscError = _lab.OsmoMscError
+unpack_septets = _lab.unpack_septets
 
 
-def build_shim() -> Path:
-    """Compile the SCTP shim once per process; returns the .so path."""
-    cached = _shim_cache.get("so")
-    if cached is not None and cached.exists():
-        return cached
-    gcc = require_binary("gcc")
-    out = Path(tempfile.mkdtemp(prefix="dgsm-nosctp-")) / "nosctp.so"
-    subprocess.run([gcc, "-shared", "-fPIC", "-O2", "-o", str(out), str(SHIM_SOURCE), "-ldl"],
-                   check=True, capture_output=True, timeout=60)
-    _shim_cache["so"] = out
-    return out
-
-
-class OsmoMsc:
-    """One osmo-msc process with an SMPP interface configured like OsmoMSC's example.
-
-    ``esmes`` maps system-id to (password, default_route). ``policy closed``: only those
-    system-ids may bind.
-    """
-
-    def __init__(self, workdir: Path, smpp_port: int, *,
-                 esmes: dict[str, tuple[str, bool]] | None = None,
-                 system_id: str = "MSC-VILLAGE", start_timeout: float = 10.0) -> None:
-        self.workdir = Path(workdir)
-        self.smpp_port = smpp_port
-        self.system_id = system_id
-        self.esmes = esmes if esmes is not None else {"OSMPP": ("foo", True),
-                                                      "ISMPP": ("foo", False)}
-        self.start_timeout = start_timeout
-        self.config_path = self.workdir / "osmo-msc.cfg"
-        self.db_path = self.workdir / "sms.db"
-        self.log_path = self.workdir / "osmo-msc.log"
-        self._proc: subprocess.Popen[bytes] | None = None
-        self._log: IO[bytes] | None = None
-
-    def config_text(self) -> str:
-        esmes = "".join(
-            f" esme {name}\n  password {password}\n" + ("  default-route\n" if route else "")
-            for name, (password, route) in self.esmes.items())
-        return (
-            "log stderr\n logging filter all 1\n logging color 0\n logging print category 1\n"
-            " logging level set-all notice\n logging level smpp info\n"
-            "line vty\n bind 127.0.0.1\n"
-            f"msc\n mncc internal\n sms-database {self.db_path}\n"
-            f"smpp\n local-tcp-ip 127.0.0.1 {self.smpp_port}\n system-id {self.system_id}\n"
-            " policy closed\n smpp-first\n" + esmes)
-
+class OsmoMsc(_lab.OsmoMsc):
     def start(self) -> None:
-        binary = require_binary("osmo-msc")
-        shim = build_shim()
-        self.workdir.mkdir(parents=True, exist_ok=True)
-        self.config_path.write_text(self.config_text())
-        self._log = self.log_path.open("ab")
-        env = dict(os.environ, LD_PRELOAD=str(shim))
-        self._proc = subprocess.Popen(
-            [binary, "-c", str(self.config_path)], stdin=subprocess.DEVNULL,
-            stdout=self._log, stderr=subprocess.STDOUT, cwd=self.workdir, env=env)
-        deadline = time.monotonic() + self.start_timeout
-        while True:  # ready when its SMPP port accepts a connection (polled, bounded)
-            if self._proc.poll() is not None:
-                raise OsmoMscError(f"osmo-msc exited ({self._proc.returncode}) at start:\n"
-                                   + self.log_tail())
-            with contextlib.suppress(OSError), \
-                    socket.create_connection(("127.0.0.1", self.smpp_port), timeout=0.2):
-                return
-            if time.monotonic() > deadline:
-                self.stop()
-                raise OsmoMscError(f"osmo-msc SMPP port {self.smpp_port} not open after "
-                                   f"{self.start_timeout}s:\n" + self.log_tail())
-            time.sleep(0.02)  # polling a port that has no event to await
-
-    def stop(self) -> None:
-        proc, self._proc = self._proc, None
-        if proc is not None and proc.poll() is None:
-            proc.terminate()
-            try:
-                proc.wait(5)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(5)
-        if self._log is not None:
-            self._log.close()
-            self._log = None
-
-    @property
-    def running(self) -> bool:
-        return self._proc is not None and self._proc.poll() is None
-
-    def __enter__(self) -> OsmoMsc:
-        self.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
-
-    def log_tail(self, lines: int = 30) -> str:
-        try:
-            text = self.log_path.read_text(errors="replace")
-        except OSError:
-            return "(no log)"
-        return "\n".join(text.splitlines()[-lines:])
-
-    def stored_sms(self) -> list[dict[str, Any]]:
-        """Every row of osmo-msc's SMS table, as a dict per row."""
-        con = sqlite3.connect(f"file:{self.db_path}?mode=ro", uri=True, timeout=5)
-        try:
-            con.row_factory = sqlite3.Row
-            return [dict(row) for row in con.execute("SELECT * FROM SMS ORDER BY id")]
-        finally:
-            con.close()
+        require_binary("gcc")
+        if self.binary is None:
+            self.binary = require_binary("osmo-msc")
+        super().start()

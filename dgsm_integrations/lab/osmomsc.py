@@ -1,0 +1,170 @@
+"""A real ``osmo-msc`` (Debian's package): a village's SMSC in the lab, the ESME's peer in tests.
+
+osmo-msc 1.9 exits at start on a kernel without SCTP ("Starting SGs server failed"): its SGs
+server and its M3UA client open SCTP sockets. :func:`build_shim` compiles ``nosctp.c`` (an
+LD_PRELOAD shim of ours, next to this file) with gcc into a temporary directory, once per test
+session; it turns SCTP sockets into TCP ones and SCTP socket options into no-ops, so osmo-msc
+starts. Nothing the tests use goes over SGs or the A interface: they speak SMPP to it and read
+its SMS database (``sms-database``, SQLite).
+
+Without an STP or an HLR osmo-msc keeps running: it retries its M3UA and GSUP connections in
+the background. It must run inside a private network namespace (its VTY, CTRL and SGs ports
+are fixed: 4254, 4255, 29118), or in a lab village (``netns=``); the SMPP port is ours.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import socket
+import sqlite3
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+from typing import IO, Any
+
+from .netns import LabError, Netns, need
+
+__all__ = ["OsmoMsc", "OsmoMscError", "build_shim", "unpack_septets"]
+
+SHIM_SOURCE = Path(__file__).with_name("nosctp.c")
+_shim_cache: dict[str, Path] = {}
+
+
+class OsmoMscError(LabError):
+    """osmo-msc did not start, or exited; the message carries the end of its log."""
+
+
+def build_shim() -> Path:
+    """Compile the SCTP shim once per process; returns the .so path."""
+    cached = _shim_cache.get("so")
+    if cached is not None and cached.exists():
+        return cached
+    gcc = need("gcc", "gcc")
+    out = Path(tempfile.mkdtemp(prefix="dgsm-nosctp-")) / "nosctp.so"
+    subprocess.run([gcc, "-shared", "-fPIC", "-O2", "-o", str(out), str(SHIM_SOURCE), "-ldl"],
+                   check=True, capture_output=True, timeout=60)
+    _shim_cache["so"] = out
+    return out
+
+
+class OsmoMsc:
+    """One osmo-msc process with an SMPP interface configured like OsmoMSC's example.
+
+    ``esmes`` maps system-id to (password, default_route). ``policy closed``: only those
+    system-ids may bind.
+    """
+
+    def __init__(self, workdir: Path, smpp_port: int, *,
+                 esmes: dict[str, tuple[str, bool]] | None = None,
+                 system_id: str = "MSC-VILLAGE", start_timeout: float = 10.0,
+                 bind_ip: str = "127.0.0.1", hlr_ip: str = "127.0.0.1",
+                 netns: Netns | None = None, binary: str | None = None) -> None:
+        self.workdir = Path(workdir)
+        self.smpp_port = smpp_port
+        self.system_id = system_id
+        self.esmes = esmes if esmes is not None else {"OSMPP": ("foo", True),
+                                                      "ISMPP": ("foo", False)}
+        self.start_timeout = start_timeout
+        self.bind_ip, self.hlr_ip = bind_ip, hlr_ip
+        self.netns = netns
+        self.binary = binary
+        self.config_path = self.workdir / "osmo-msc.cfg"
+        self.db_path = self.workdir / "sms.db"
+        self.log_path = self.workdir / "osmo-msc.log"
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._log: IO[bytes] | None = None
+
+    def config_text(self) -> str:
+        esmes = "".join(
+            f" esme {name}\n  password {password}\n" + ("  default-route\n" if route else "")
+            for name, (password, route) in self.esmes.items())
+        return (
+            "log stderr\n logging filter all 1\n logging color 0\n logging print category 1\n"
+            " logging level set-all notice\n logging level smpp info\n"
+            f"line vty\n bind {self.bind_ip}\n"
+            f"ctrl\n bind {self.bind_ip}\n"
+            f"hlr\n remote-ip {self.hlr_ip}\n"
+            f"msc\n mncc internal\n sms-database {self.db_path}\n"
+            f"smpp\n local-tcp-ip {self.bind_ip} {self.smpp_port}\n"
+            f" system-id {self.system_id}\n"
+            " policy closed\n smpp-first\n" + esmes)
+
+    def start(self) -> None:
+        binary = self.binary or need("osmo-msc", "osmo-msc")
+        shim = build_shim()
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.config_path.write_text(self.config_text())
+        self._log = self.log_path.open("ab")
+        env = dict(os.environ, LD_PRELOAD=str(shim))
+        argv = [binary, "-c", str(self.config_path)]
+        self._proc = subprocess.Popen(
+            self.netns.argv(argv) if self.netns is not None else argv, stdin=subprocess.DEVNULL,
+            stdout=self._log, stderr=subprocess.STDOUT, cwd=self.workdir, env=env)
+        deadline = time.monotonic() + self.start_timeout
+        while True:  # ready when its SMPP port accepts a connection (polled, bounded)
+            if self._proc.poll() is not None:
+                raise OsmoMscError(f"osmo-msc exited ({self._proc.returncode}) at start:\n"
+                                   + self.log_tail())
+            if self._smpp_open():
+                return
+            if time.monotonic() > deadline:
+                self.stop()
+                raise OsmoMscError(f"osmo-msc SMPP port {self.smpp_port} not open after "
+                                   f"{self.start_timeout}s:\n" + self.log_tail())
+            time.sleep(0.02)  # polling a port that has no event to await
+
+    def _smpp_open(self) -> bool:
+        ctx = self.netns.entered() if self.netns is not None else contextlib.nullcontext()
+        with ctx, contextlib.suppress(OSError), \
+                socket.create_connection((self.bind_ip, self.smpp_port), timeout=0.2):
+            return True
+        return False
+
+    def stop(self) -> None:
+        proc, self._proc = self._proc, None
+        if proc is not None and proc.poll() is None:
+            proc.terminate()
+            try:
+                proc.wait(5)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(5)
+        if self._log is not None:
+            self._log.close()
+            self._log = None
+
+    @property
+    def running(self) -> bool:
+        return self._proc is not None and self._proc.poll() is None
+
+    def __enter__(self) -> OsmoMsc:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def log_tail(self, lines: int = 30) -> str:
+        try:
+            text = self.log_path.read_text(errors="replace")
+        except OSError:
+            return "(no log)"
+        return "\n".join(text.splitlines()[-lines:])
+
+    def stored_sms(self) -> list[dict[str, Any]]:
+        """Every row of osmo-msc's SMS table, as a dict per row."""
+        con = sqlite3.connect(f"file:{self.db_path}?mode=ro", uri=True, timeout=5)
+        try:
+            con.row_factory = sqlite3.Row
+            return [dict(row) for row in con.execute("SELECT * FROM SMS ORDER BY id")]
+        finally:
+            con.close()
+
+
+def unpack_septets(data: bytes, count: int) -> bytes:
+    """The first ``count`` 7-bit values packed LSB first in ``data`` (GSM 03.38 packing, as
+    osmo-msc stores GSM 7-bit user data; on SMPP they travel one septet per byte)."""
+    bits = int.from_bytes(data, "little")
+    return bytes((bits >> (7 * i)) & 0x7F for i in range(count))
