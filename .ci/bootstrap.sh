@@ -4,7 +4,7 @@
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 ROOT_DIR=$PWD
-DEB_PACKAGES="osmo-hlr osmo-mslookup-utils osmo-msc gcc libc6-dev nftables iproute2 util-linux python3-venv"
+DEB_PACKAGES="osmo-hlr osmo-mslookup-utils osmo-msc gcc libc6-dev nftables iproute2 util-linux python3-venv debootstrap"
 
 say() { printf '\033[1m[dgsm]\033[0m %s\n' "$*" >&2; }
 die() { say "ERROR: $*"; exit 1; }
@@ -19,6 +19,7 @@ install_debian_packages() {
     command -v nft >/dev/null || missing+=(nftables)
     command -v ip >/dev/null || missing+=(iproute2)
     command -v unshare >/dev/null || missing+=(util-linux)
+    command -v debootstrap >/dev/null || missing+=(debootstrap)
     python3 -c 'import ensurepip, venv' 2>/dev/null || missing+=(python3-venv)
     [ ${#missing[@]} -eq 0 ] && return 0
     if [ "$(id -u)" -eq 0 ] && command -v apt-get >/dev/null; then
@@ -59,4 +60,88 @@ in_private_netns() {
     else
         die "cannot create a private network namespace (unshare -rn failed). Enable unprivileged user namespaces (sudo sysctl -w kernel.unprivileged_userns_clone=1, or on Ubuntu kernel.apparmor_restrict_unprivileged_userns=0) or run as root."
     fi
+}
+
+# --- The Debian sid root: Asterisk 22 and current Osmocom releases -------------------------
+# Debian 12 has no Asterisk and only old Osmocom releases (osmo-hlr 1.5.0, osmo-msc 1.9.0);
+# sid has Asterisk 22, osmo-hlr 1.9.4 and osmo-msc 1.16. We debootstrap a minimal sid root
+# once, install them there plus this project in a venv at /opt/dgsm-integrations (the
+# operator's path, docs/install.md), and reuse it; it is made again when the package set
+# below changes. The tests run its programs through chroot (dgsm_integrations/lab/distro.py).
+SID_ROOT=${DGSM_SID_ROOT:-/var/cache/dgsm-integrations/sid-root}
+SID_PACKAGES="asterisk osmo-hlr osmo-mslookup-utils osmo-msc python3 python3-venv ca-certificates"
+SID_PIP="dnslib>=0.9.23 smpplib>=2.2.4 setuptools>=64"
+SID_STAMP_FILE=.dgsm-root-packages
+SID_STAMP="v1 | $SID_PACKAGES | $SID_PIP"
+SID_APT=(-o Acquire::Check-Valid-Until=false -o APT::Install-Recommends=false -qq)
+
+debian_mirror() {
+    # the Debian mirror this machine's apt sources already name (deb822 or one-line format)
+    local uri
+    uri=$(awk '/^URIs:/ && $2 ~ /debian\/?$/ {print $2; exit}' /etc/apt/sources.list.d/*.sources 2>/dev/null || true)
+    [ -n "$uri" ] || uri=$(awk '$1 == "deb" && $2 ~ /debian\/?$/ {print $2; exit}' /etc/apt/sources.list 2>/dev/null || true)
+    echo "${uri:-http://deb.debian.org/debian}"
+}
+
+make_sid_root() {
+    local new="$SID_ROOT.new" mirror
+    mirror=$(debian_mirror)
+    say "making the Debian sid root in $SID_ROOT from $mirror (about a minute, 700 MB, once)"
+    rm -rf "$new"
+    mkdir -p "$(dirname "$SID_ROOT")"
+    debootstrap --variant=minbase sid "$new" "$mirror" >"$new.log" 2>&1 \
+        || { tail -5 "$new.log" >&2; die "debootstrap of Debian sid failed (log: $new.log)"; }
+    printf 'Acquire::Check-Valid-Until "false";\n' >"$new/etc/apt/apt.conf.d/99dgsm"
+    cp /etc/resolv.conf "$new/etc/resolv.conf" 2>/dev/null || true
+    mount --bind /proc "$new/proc"
+    local rc=0
+    {
+        chroot "$new" apt-get "${SID_APT[@]}" update &&
+        DEBIAN_FRONTEND=noninteractive chroot "$new" apt-get "${SID_APT[@]}" -y install $SID_PACKAGES &&
+        chroot "$new" apt-get clean &&
+        # pip inside reads this machine's CA bundle at the same path (PIP_CERT, a proxy's
+        # CA): copied after apt, whose ca-certificates would write its own over it
+        cp /etc/ssl/certs/ca-certificates.crt "$new/etc/ssl/certs/ca-certificates.crt" &&
+        chroot "$new" python3 -m venv /opt/dgsm-integrations &&
+        chroot "$new" /opt/dgsm-integrations/bin/pip install -q $SID_PIP
+    } >>"$new.log" 2>&1 || rc=$?
+    umount "$new/proc"
+    [ "$rc" -eq 0 ] || { tail -5 "$new.log" >&2; die "installing packages into the sid root failed (log: $new.log)"; }
+    # asterisk's postinst may start nothing in a chroot, but make sure no daemon is left
+    printf '%s\n' "$SID_STAMP" >"$new/$SID_STAMP_FILE"
+    rm -rf "$SID_ROOT" && mv "$new" "$SID_ROOT" && mv "$new.log" "$SID_ROOT.log"
+}
+
+install_project_in_sid_root() {
+    # the project as an operator installs it: a plain (non-editable) pip install into the
+    # root's venv, of this checkout, every run (offline: dependencies are already there)
+    local src="$SID_ROOT/opt/dgsm-src"
+    rm -rf "$src" && mkdir -p "$src"
+    cp -r pyproject.toml README.md dgsm_integrations docs "$src/"
+    find "$src" -name __pycache__ -prune -exec rm -rf {} +
+    chroot "$SID_ROOT" /opt/dgsm-integrations/bin/pip install -q --no-deps --no-build-isolation \
+        --force-reinstall --no-index /opt/dgsm-src >"$SID_ROOT.install.log" 2>&1 \
+        || { tail -5 "$SID_ROOT.install.log" >&2; die "pip install of this checkout into the sid root failed (log: $SID_ROOT.install.log)"; }
+}
+
+provision_sid_root() {
+    if [ "$(id -u)" -ne 0 ]; then
+        if [ -f "$SID_ROOT/$SID_STAMP_FILE" ]; then
+            say "using the Debian sid root in $SID_ROOT (not root: the project installed there may be stale)"
+        else
+            say "no Debian sid root in $SID_ROOT: the Asterisk 22 and osmo-hlr 1.9.4 tests are skipped"
+            say "(they fail under CI=true); make it by running this command once as root"
+        fi
+        return 0
+    fi
+    command -v debootstrap >/dev/null || die "debootstrap is missing: apt-get install debootstrap"
+    mkdir -p "$(dirname "$SID_ROOT")"
+    exec 9>"$(dirname "$SID_ROOT")/.lock"
+    flock -w 600 9 || die "another run holds $(dirname "$SID_ROOT")/.lock for 10 minutes"
+    if [ "$(cat "$SID_ROOT/$SID_STAMP_FILE" 2>/dev/null)" != "$SID_STAMP" ]; then
+        make_sid_root
+    fi
+    install_project_in_sid_root
+    say "Debian sid root ready: asterisk $(chroot "$SID_ROOT" dpkg-query -W -f '${Version}' asterisk), osmo-hlr $(chroot "$SID_ROOT" dpkg-query -W -f '${Version}' osmo-hlr), osmo-msc $(chroot "$SID_ROOT" dpkg-query -W -f '${Version}' osmo-msc)"
+    exec 9>&-
 }
