@@ -15,7 +15,7 @@ from dgsm_integrations.asterisk.agi import (
     set_variable,
 )
 from dgsm_integrations.asterisk.config import Config, ConfigError, read_config_file
-from dgsm_integrations.asterisk.routing import Routing, parse_extension
+from dgsm_integrations.asterisk.routing import Routing, log_text, parse_extension
 from dgsm_integrations.lab.agi_peer import USAGE_520, env_block, parse_args
 from dgsm_integrations.mslookup import Endpoint, Outcome, Query, Result
 
@@ -167,13 +167,33 @@ HOSTILE = [
 
 @pytest.mark.parametrize("ext", HOSTILE)
 def test_hostile_extension_is_invalid(ext: str) -> None:
-    assert parse_extension((ext,)) is None
+    assert parse_extension(ext, ())[0] is None
+    assert parse_extension(ext, (ext,))[0] is None
 
 
-def test_extension_must_be_exactly_one_argument() -> None:
-    assert parse_extension(("1001",)) == "1001"
-    assert parse_extension(("1001", "endpoint=evil")) is None
-    assert parse_extension(()) is None
+def test_the_number_is_the_routed_extension_not_the_stripped_argument() -> None:
+    # what real Asterisk 22 sends for the extension 1"00"1: its argument parser strips the
+    # quotes from AGI(...,${EXTEN}), so agi_arg_1 alone would dial 1001
+    msisdn, why = parse_extension('1"00"1', ("1001",))
+    assert msisdn is None and "strips quotes" in why
+    assert parse_extension("1001\\2", ("10012",))[0] is None
+    assert parse_extension('"1001', ("1001",))[0] is None  # a stripped quote in front
+
+
+def test_extension_with_no_argument_or_exactly_itself() -> None:
+    assert parse_extension("1001", ()) == ("1001", "")
+    assert parse_extension("1001", ("1001",)) == ("1001", "")
+    assert parse_extension("1001", ("1001", "endpoint=evil"))[0] is None
+    assert parse_extension("1001", ("1002",))[0] is None
+    assert parse_extension(None, ("1001",)) == (None, "no agi_extension in the AGI environment")
+
+
+@pytest.mark.parametrize(("value", "shown"), [
+    ('1"00"1', '1"00"1'), ("${SHELL(reboot)}", "\\x24{SHELL(reboot)}"), ("10\n01", "10\\n01"),
+    ("1" * 45, "1" * 40 + "..."),
+])
+def test_log_text_is_one_safe_line(value: str, shown: str) -> None:
+    assert log_text(value) == shown
 
 
 def _found(v4: str | None, v6: str | None, age: int = 3) -> Result:

@@ -82,7 +82,12 @@ def test_found_not_found_and_ipv6() -> None:
         async with lab({"sip.voice.1003.msisdn": slow6}) as server:
             ex = await call(server, ["1001"])
             assert ex.variables == FOUND_VARS and ex.closed_by_peer
-            assert [c[:3] for c in ex.commands][-1] == ["SET", "VARIABLE", "DGSM_RESULT"]
+            sets = [c[:3] for c in ex.commands if c[0] == "SET"]
+            assert sets[-1] == ["SET", "VARIABLE", "DGSM_RESULT"]
+            # then, and only then, the call's line into Asterisk's own log (at NOTICE)
+            assert ex.commands[-1][:2] == ["EXEC", "Log"] and len(ex.commands[-1]) == 3
+            assert ex.commands[-1][2].startswith("NOTICE,dgsm-fastagi: call peer=")
+            assert " ext=1001 result=found dial=PJSIP/dgsm/sip:1001@" in ex.commands[-1][2]
             ex = await call(server, ["1002"], script="dgsm")
             assert ex.variables == {"DGSM_CAUSE": "1", "DGSM_RESULT": "not-found"}
             ex = await call(server, ["1003"])
@@ -291,7 +296,8 @@ def test_max_sessions_refuses_extra_calls() -> None:
 
 def test_help_teaches() -> None:
     text = build_parser().format_help()
-    for needle in ("AGI(agi://127.0.0.1:4573/dgsm?service=sip.voice,${EXTEN})", "DGSM_DIAL",
+    for needle in ("AGI(agi://127.0.0.1:4573/dgsm?service=sip.voice)", "agi_extension",
+                   "--asterisk-log", "DGSM_DIAL",
                    "DGSM_CAUSE", "--config", "--endpoint", "SIGTERM", "docs/asterisk.md"):
         assert needle in text
 

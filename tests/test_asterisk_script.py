@@ -55,7 +55,8 @@ def settings(tmp: Path, extra: str = "") -> dict[str, str]:
 
 
 async def agi(env: dict[str, str], args: list[str], *, signal_after_env: int | None = None,
-              asked: asyncio.Event | None = None, **kw: Any) -> tuple[Exchange, str, int, float]:
+              asked: asyncio.Event | None = None, extension: str | None = None,
+              **kw: Any) -> tuple[Exchange, str, int, float]:
     t0 = time.monotonic()
     proc = await asyncio.create_subprocess_exec(
         str(SCRIPT), *args, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
@@ -63,14 +64,15 @@ async def agi(env: dict[str, str], args: list[str], *, signal_after_env: int | N
     assert proc.stdin is not None and proc.stdout is not None and proc.stderr is not None
     try:
         if signal_after_env is not None:
-            proc.stdin.write(env_block(args))
+            proc.stdin.write(env_block(args, extension=extension))
             await proc.stdin.drain()
             assert asked is not None
             await asyncio.wait_for(asked.wait(), 5)  # the script is inside its lookup now
             proc.send_signal(signal_after_env)
             ex = await converse(proc.stdout, proc.stdin, b"", **kw)
         else:
-            ex = await converse(proc.stdout, proc.stdin, env_block(args), **kw)
+            ex = await converse(proc.stdout, proc.stdin, env_block(args, extension=extension),
+                                **kw)
         status = await asyncio.wait_for(proc.wait(), 10)
         log = (await proc.stderr.read()).decode()
     finally:
@@ -104,10 +106,28 @@ def test_found_not_found_ipv6(tmp_path: Path) -> None:
                 "DGSM_DIAL": "PJSIP/trunk/sip:1001@127.0.0.3:5060", "DGSM_SIP_HOST": "127.0.0.3",
                 "DGSM_SIP_PORT": "5060", "DGSM_AGE": "0", "DGSM_RESULT": "found"}
             assert "result=found" in log and "agi=ok" in log
+            # the call's line also goes into Asterisk's own log, after DGSM_RESULT
+            assert ex.commands[-2][:3] == ["SET", "VARIABLE", "DGSM_RESULT"]
+            assert ex.commands[-1][:2] == ["EXEC", "Log"]
+            assert ex.commands[-1][2].startswith("NOTICE,dgsm-agi: ext=1001 result=found dial=")
             ex, log, status, _ = await agi(env, ["1002"])
             assert ex.variables == {"DGSM_CAUSE": "1", "DGSM_RESULT": "not-found"}
             ex, *_ = await agi(env, ["1006"])
             assert ex.variables["DGSM_DIAL"] == "PJSIP/trunk/sip:1006@[fd00::6]:5062"
+    run(body())
+
+
+def test_stripped_argument_is_not_dialled(tmp_path: Path) -> None:
+    """Real Asterisk 22 for the extension 1"00"1: agi_arg_1 is 1001 (quotes stripped)."""
+    async def body() -> None:
+        env = settings(tmp_path, "asterisk-log = no\n")
+        async with sites():
+            ex, log, status, _ = await agi(env, ["1001"], extension='1"00"1')
+            assert status == 0 and ex.variables == {"DGSM_CAUSE": "28", "DGSM_RESULT": "invalid"}
+            assert 'ext=1"00"1 arg=1001 result=invalid' in log and "strips quotes" in log
+            assert [c[0] for c in ex.commands] == ["SET", "SET"]  # no Log with asterisk-log=no
+            ex, log, status, _ = await agi(env, [], extension="1001")  # AGI(dgsm-agi)
+            assert ex.variables["DGSM_RESULT"] == "found"
     run(body())
 
 

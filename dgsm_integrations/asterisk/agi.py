@@ -31,6 +31,7 @@ __all__ = [
     "Hangup",
     "Reply",
     "ReplyParser",
+    "log_command",
     "quote",
     "set_variable",
 ]
@@ -259,3 +260,18 @@ def set_variable(name: str, value: str) -> bytes:
     if not _VARNAME.fullmatch(name):
         raise ValueError(f"invalid channel variable name {name!r}")
     return f"SET VARIABLE {name} {quote(value)}\n".encode()
+
+
+def log_command(level: str, text: str) -> bytes:
+    """The command that puts one line into Asterisk's own log (``messages.log``, consoles).
+
+    ``notice``: ``EXEC Log "NOTICE,<text>"``: Asterisk's Log() application, at a level that
+    Debian's stock ``logger.conf`` writes to ``/var/log/asterisk/messages.log``; ``verbose``:
+    the AGI ``VERBOSE "<text>" 1`` command (consoles, and log files that include
+    ``verbose``). ``text`` must already be safe (see :func:`.routing.log_text`).
+    """
+    if level == "notice":
+        return f"EXEC Log {quote('NOTICE,' + text)}\n".encode()
+    if level == "verbose":
+        return f"VERBOSE {quote(text)} 1\n".encode()
+    raise ValueError(f"no Asterisk log level {level!r}: notice or verbose")

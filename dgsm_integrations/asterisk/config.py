@@ -44,6 +44,8 @@ class Config:
     cause_invalid: int = CAUSE_INVALID
     # one call, start to end (env block, lookup, every reply)
     call_timeout: float = 5.0
+    # where the per-call line goes besides our own log: Asterisk's (notice, verbose) or not
+    asterisk_log: str = "notice"
     # FastAGI server
     listen: str = "127.0.0.1"
     listen_port: int = 4573
@@ -76,6 +78,9 @@ class Config:
             raise ConfigError("grace must be 0..600 s")
         if not self.route or any(c in self.route for c in "?/ \t"):
             raise ConfigError(f"invalid route {self.route!r}")
+        if self.asterisk_log not in ("notice", "verbose", "no"):
+            raise ConfigError("asterisk-log must be notice (Asterisk's messages.log), verbose "
+                              "(consoles) or no")
         if self.log_level.lower() not in ("debug", "info", "warning", "error"):
             raise ConfigError("log-level must be debug, info, warning or error")
 

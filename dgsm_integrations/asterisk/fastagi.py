@@ -1,16 +1,18 @@
 """The FastAGI server: one long-lived process, one shared resolver, any number of calls.
 
-Asterisk connects for each call (``AGI(agi://127.0.0.1:4573/dgsm?service=sip.voice,${EXTEN})``),
+Asterisk connects for each call (``AGI(agi://127.0.0.1:4573/dgsm?service=sip.voice)``),
 sends the environment block, and waits for commands. For each connection the server:
 
 1. reads the environment block (strictly, see :mod:`.agi`); checks the route (``dgsm``) and
-   its query (only ``service=`` is known); takes the extension from ``agi_arg_1``;
+   its query (only ``service=`` is known); takes the number from ``agi_extension`` (an
+   argument only if it is exactly that: see :func:`.routing.parse_extension`);
 2. looks the MSISDN up with the shared :class:`AsyncResolver` while it keeps reading the
    socket: a ``HANGUP`` line or EOF during the lookup ends the call at once;
 3. sends one ``SET VARIABLE`` at a time and reads its reply (a ``HANGUP`` line in between is
    noted, never taken for the reply; ``511`` means the channel is gone; a multi-line ``520``
    is read to its end); anything off-protocol ends the call, never a guess;
-4. closes the connection, and logs one line: ``call peer=... ext=... result=... agi=...
+4. sends the call's line to Asterisk's own log (``EXEC Log NOTICE,...``), closes the
+   connection, and logs the line itself: ``call peer=... ext=... result=... agi=...
    lookup=...ms total=...ms added=...ms``.
 
 Every call ends within ``call-timeout``, whatever the peer does.
@@ -29,9 +31,18 @@ from dataclasses import dataclass, fields
 from dgsm_integrations.mslookup import AsyncResolver, InvalidQuery, MslookupError
 
 from .._daemon import add_mslookup_args, run_daemon
-from .agi import AgiEnv, AgiProtocolError, EnvParser, Hangup, Reply, ReplyParser, set_variable
+from .agi import (
+    AgiEnv,
+    AgiProtocolError,
+    EnvParser,
+    Hangup,
+    Reply,
+    ReplyParser,
+    log_command,
+    set_variable,
+)
 from .config import Config
-from .routing import Verdict, parse_extension
+from .routing import Verdict, log_text, parse_extension
 
 __all__ = ["FastAgiServer", "ServerStats", "build_parser", "main"]
 
@@ -79,6 +90,7 @@ class _Session:
         self.protocol_error: str | None = None
         self.awaiting_reply = False
         self.direct = False  # True once the pump is stopped: next_event reads the socket
+        self.lookup_s = 0.0  # time spent in the lookup, also when a hangup cut it short
 
     async def read_env(self) -> AgiEnv:
         parser = EnvParser()
@@ -228,21 +240,35 @@ class FastAgiServer:
         peer = writer.get_extra_info("peername")
         session = _Session(reader, writer)
         fields_: dict[str, str] = {"ext": "-", "result": "none"}
-        lookup_s = 0.0
         verdict: Verdict | None = None
         pump: asyncio.Task[None] | None = None
         self.stats.calls += 1
+
+        def line() -> str:
+            total = loop.time() - start
+            dial = dict(verdict.variables).get("DGSM_DIAL") if verdict else None
+            return (f"call peer={_peer(peer)} ext={fields_['ext']} result={fields_['result']}"
+                    f"{f' dial={dial}' if dial else ''} agi={fields_.get('agi', '-')} "
+                    f"lookup={session.lookup_s * 1000:.1f}ms total={total * 1000:.1f}ms "
+                    f"added={(total - session.lookup_s) * 1000:.2f}ms"
+                    f"{f' | {verdict.detail}' if verdict else ''}")
         try:
             async with asyncio.timeout(self.config.call_timeout):
                 env = await session.read_env()
                 pump = asyncio.create_task(session.pump())
-                verdict, lookup_s = await self._lookup(session, env, fields_)
+                verdict = await self._lookup(session, env, fields_)
                 fields_["result"] = verdict.result
                 pump.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await pump
                 session.direct = True
                 fields_["agi"] = await self._write(session, verdict)
+                if fields_["agi"] == "ok" and self.config.asterisk_log != "no":
+                    # the call's line into Asterisk's own log, after DGSM_RESULT: whatever
+                    # happens to it changes nothing for the call
+                    with contextlib.suppress(_End, AgiProtocolError, ConnectionError, OSError):
+                        await session.command(log_command(
+                            self.config.asterisk_log, log_text("dgsm-fastagi: " + line(), 400)))
         except TimeoutError:
             self.stats.timeouts += 1
             fields_["agi"] = "call-timeout"
@@ -263,14 +289,7 @@ class FastAgiServer:
                 pump.cancel()
             writer.close()
             self._count(verdict)
-            total = loop.time() - start
-            dial = dict(verdict.variables).get("DGSM_DIAL") if verdict else None
-            log.info("call peer=%s ext=%s result=%s%s agi=%s lookup=%.1fms total=%.1fms "
-                     "added=%.2fms%s",
-                     _peer(peer), fields_["ext"], fields_["result"],
-                     f" dial={dial}" if dial else "", fields_.get("agi", "-"),
-                     lookup_s * 1000, total * 1000, (total - lookup_s) * 1000,
-                     f" | {verdict.detail}" if verdict else "")
+            log.info("%s", line())
 
     def _count(self, verdict: Verdict | None) -> None:
         if verdict is None:
@@ -280,28 +299,31 @@ class FastAgiServer:
         setattr(self.stats, name, getattr(self.stats, name) + 1)
 
     async def _lookup(self, session: _Session, env: AgiEnv,
-                      fields_: dict[str, str]) -> tuple[Verdict, float]:
+                      fields_: dict[str, str]) -> Verdict:
         routing = self.config.routing
-        fields_["ext"] = repr(env.args[0])[1:-1][:40] if env.args else "-"
+        extension = env.vars.get("extension")
+        fields_["ext"] = log_text(extension) if extension is not None else "-"
+        if env.args and env.args != (extension,):
+            fields_["ext"] += " arg=" + ",".join(log_text(a) for a in env.args[:3])
         script = env.network_script
         if script is None:
             raise AgiProtocolError("not a FastAGI request (no agi_network_script)")
         path, _, query = script.partition("?")
         if path.strip("/") != self.config.route:
-            return routing.error(f"unknown route {path[:40]!r}"), 0.0
+            return routing.error(f"unknown route {path[:40]!r}")
         service: str | None = None
         for part in query.split("&") if query else ():
             key, sep, value = part.partition("=")
             if key != "service" or not sep or service is not None:
-                return routing.error(f"unknown or repeated parameter in {query[:60]!r}"), 0.0
+                return routing.error(f"unknown or repeated parameter in {query[:60]!r}")
             service = value
-        msisdn = parse_extension(env.args)
+        msisdn, why = parse_extension(extension, env.args)
         if msisdn is None:
-            return routing.invalid("extension is not one argument of 1-15 digits"), 0.0
+            return routing.invalid(why)
         try:
             q = routing.query(msisdn, service)
         except InvalidQuery as exc:
-            return routing.error(f"bad service: {exc}"), 0.0
+            return routing.error(f"bad service: {exc}")
         if session.hung_up or not session.queue.empty():
             await self._early_event(session)
         loop = asyncio.get_running_loop()
@@ -311,6 +333,7 @@ class FastAgiServer:
         try:
             await asyncio.wait({lookup, watch}, return_when=asyncio.FIRST_COMPLETED)
         finally:
+            session.lookup_s = loop.time() - t0
             if not lookup.done():
                 lookup.cancel()
                 with contextlib.suppress(asyncio.CancelledError, MslookupError):
@@ -325,7 +348,7 @@ class FastAgiServer:
                 self.stats.hangups += 1
                 raise _End("HANGUP during the lookup")
             raise AgiProtocolError("a reply before any command")
-        return routing.verdict(msisdn, lookup.result()), loop.time() - t0
+        return routing.verdict(msisdn, lookup.result())
 
     async def _early_event(self, session: _Session) -> None:
         event = await session.next_event()
@@ -364,10 +387,14 @@ in channel variables. It only looks up; your dialplan does the Dial().
 In extensions.conf:
 
   exten => _X.,1,Set(DGSM_RESULT=)
-   same => n,AGI(agi://127.0.0.1:4573/dgsm?service=sip.voice,${EXTEN})
+   same => n,AGI(agi://127.0.0.1:4573/dgsm?service=sip.voice)
    same => n,GotoIf($["${DGSM_RESULT}" = "found"]?dial)
    same => n,Hangup(${IF($["${DGSM_CAUSE}" = ""]?34:${DGSM_CAUSE})})
    same => n(dial),Dial(${DGSM_DIAL},60)
+
+The number looked up is the extension Asterisk routed (agi_extension): anything but
+1-15 digits is "invalid" (Asterisk strips quotes and backslashes from AGI arguments, so an
+argument is only accepted when it is exactly that extension).
 
 Variables: DGSM_RESULT (found / not-found / error / invalid), DGSM_DIAL
 (PJSIP/<endpoint>/sip:<msisdn>@<ip>:<port>), DGSM_SIP_HOST, DGSM_SIP_PORT, DGSM_AGE,
@@ -403,6 +430,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="a call never takes longer than this, lookup included (5.0)")
     g.add_argument("--grace", metavar="S", help="on SIGTERM, wait this long for calls (5.0)")
     g.add_argument("--log-level", help="debug, info (one line per call), warning, error")
+    g.add_argument("--asterisk-log", metavar="notice|verbose|no",
+                   help="also send each call's line to Asterisk's own log: notice (Log(), "
+                        "lands in messages.log), verbose (consoles only), no (notice)")
     r = p.add_argument_group("routing")
     r.add_argument("--endpoint", help="PJSIP endpoint used in DGSM_DIAL (dgsm)")
     r.add_argument("--service", help="mslookup service (sip.voice); ?service= overrides")

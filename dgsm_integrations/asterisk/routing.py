@@ -25,6 +25,7 @@ __all__ = [
     "CAUSE_NOT_FOUND",
     "Routing",
     "Verdict",
+    "log_text",
     "parse_extension",
 ]
 
@@ -39,16 +40,33 @@ _MSISDN = re.compile(r"[0-9]{1,15}")
 _ENDPOINT_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 
 
-def parse_extension(args: tuple[str, ...]) -> str | None:
-    """The MSISDN from the AGI arguments, or None if it is not exactly one plain number.
+def parse_extension(extension: str | None, args: tuple[str, ...]) -> tuple[str | None, str]:
+    """The MSISDN to look up: ``(msisdn, "")``, or ``(None, why the call is invalid)``.
 
-    More than one argument means the extension carried a ``,`` into ``AGI(...,${EXTEN})``,
-    which the dialplan split: that is an injection attempt, not a number.
+    The number is the extension Asterisk routed (``agi_extension``), never only the AGI
+    argument: Asterisk's argument parser silently strips ``"`` and ``\\`` from
+    ``AGI(...,${EXTEN})``, and chan_pjsip decodes ``%22`` / ``%5c`` from the request URI, so
+    the extension ``1"00"1`` arrives as ``agi_arg_1: 1001``. An argument is still accepted
+    (dialplans written for earlier releases pass ``${EXTEN}``), but only when it is exactly
+    the extension; more than one argument means a ``,`` was split by the dialplan.
     """
-    if len(args) != 1:
-        return None
-    ext = args[0]
-    return ext if _MSISDN.fullmatch(ext) and ext.isascii() else None
+    if extension is None:
+        return None, "no agi_extension in the AGI environment"
+    if args and args != (extension,):
+        return None, ("the AGI argument is not the extension Asterisk routed (Asterisk strips "
+                      "quotes and backslashes from AGI arguments)" if len(args) == 1
+                      else "more than one AGI argument (a ',' in the extension?)")
+    if not (_MSISDN.fullmatch(extension) and extension.isascii()):
+        return None, "extension is not 1-15 digits"
+    return extension, ""
+
+
+def log_text(value: str, limit: int = 40) -> str:
+    """A hostile string made safe for one log line: printable ASCII, escaped, bounded.
+
+    ``$`` is escaped too, so no logger (Asterisk's Log() included) can expand it."""
+    return repr(value[:limit])[1:-1].replace("$", "\\x24") + ("..." if len(value) > limit
+                                                               else "")
 
 
 @dataclass(frozen=True, slots=True)

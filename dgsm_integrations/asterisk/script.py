@@ -8,22 +8,38 @@ interval timer is the backstop. Settings come from ``$DGSM_AGI_CONFIG`` or
 ``/etc/dgsm-integrations/asterisk.conf`` (Asterisk gives the script no flags of ours: the
 arguments come from the dialplan, where the caller controls ``${EXTEN}``).
 
-One line per call goes to stderr: ``dgsm-agi: ext=... result=... ...``.
+One line per call, ``dgsm-agi: ext=... result=... ...``, goes where an Asterisk operator
+looks: into Asterisk's own log through the AGI (``asterisk-log = notice``: Asterisk's Log()
+application, so ``/var/log/asterisk/messages.log`` and ``asterisk -r``), and to syslog
+(``journalctl -t dgsm-agi``), which also has the calls that hung up before it could be sent
+to Asterisk. A daemonized Asterisk sends a script's stderr to /dev/null; it gets the line too,
+for running the script by hand.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import select
 import signal
 import sys
+import syslog
 import time
 from types import FrameType
 
-from .agi import AgiEnv, AgiProtocolError, EnvParser, Hangup, Reply, ReplyParser, set_variable
+from .agi import (
+    AgiEnv,
+    AgiProtocolError,
+    EnvParser,
+    Hangup,
+    Reply,
+    ReplyParser,
+    log_command,
+    set_variable,
+)
 from .config import Config, ConfigError, config_from_environment
 from .oneshot import lookup_once
-from .routing import Routing, Verdict, parse_extension
+from .routing import Routing, Verdict, log_text, parse_extension
 
 __all__ = ["main"]
 
@@ -117,6 +133,7 @@ def run(config: Config, rfd: int = 0, wfd: int = 1) -> tuple[int, str]:
     ext = "-"
     verdict: Verdict | None = None
     lookup_ms = 0.0
+    ended = "none"
     try:
         env, rest = pipe.env()
         if rest:
@@ -125,16 +142,21 @@ def run(config: Config, rfd: int = 0, wfd: int = 1) -> tuple[int, str]:
                     pipe.hung_up = True
                 else:
                     raise AgiProtocolError("a reply before any command")
-        ext = repr(env.args[0])[1:-1][:40] if env.args else "-"
-        msisdn = parse_extension(env.args)
+        extension = env.vars.get("extension")
+        ext = log_text(extension) if extension is not None else "-"
+        if env.args and env.args != (extension,):
+            ext += " arg=" + ",".join(log_text(a) for a in env.args[:3])
+        msisdn, why = parse_extension(extension, env.args)
         if msisdn is None:
-            verdict = config.routing.invalid("extension is not one argument of 1-15 digits")
+            verdict = config.routing.invalid(why)
         elif pipe.hung_up:
             raise _Stop("HANGUP before the lookup")
         else:
             t0 = time.monotonic()
-            result = lookup_once(config.routing.query(msisdn), **config.resolver_kwargs())
-            lookup_ms = (time.monotonic() - t0) * 1000
+            try:
+                result = lookup_once(config.routing.query(msisdn), **config.resolver_kwargs())
+            finally:
+                lookup_ms = (time.monotonic() - t0) * 1000
             verdict = config.routing.verdict(msisdn, result)
         ended = _write_vars(pipe, verdict)
         status = 0
@@ -148,7 +170,21 @@ def run(config: Config, rfd: int = 0, wfd: int = 1) -> tuple[int, str]:
     line = (f"dgsm-agi: ext={ext} result={what}{' dial=' + dial if dial else ''} "
             f"agi={ended} lookup={lookup_ms:.1f}ms total={total_ms:.1f}ms"
             f"{' | ' + verdict.detail if verdict else ''}")
+    if ended == "ok" and config.asterisk_log != "no":
+        # into Asterisk's own log, after DGSM_RESULT: a failure here changes nothing
+        with contextlib.suppress(_Stop, AgiProtocolError):
+            pipe.command(log_command(config.asterisk_log, log_text(line, 400)))
     return status, line
+
+
+def _log(line: str) -> None:
+    """The call's line to stderr (for a person running the script) and to syslog."""
+    print(line, file=sys.stderr)
+    try:
+        syslog.openlog("dgsm-agi", syslog.LOG_PID, syslog.LOG_DAEMON)
+        syslog.syslog(syslog.LOG_INFO, line.removeprefix("dgsm-agi: "))
+    except OSError:  # no syslog here: stderr has it
+        pass
 
 
 def main() -> int:
@@ -159,7 +195,7 @@ def main() -> int:
         config = config_from_environment()
     except (ConfigError, OSError) as exc:
         # still answer the call: an error verdict with the default causes
-        print(f"dgsm-agi: bad settings: {exc}", file=sys.stderr)
+        _log(f"dgsm-agi: bad settings: {exc}")
         config = _fallback_config()
         broken = True
     else:
@@ -170,10 +206,10 @@ def main() -> int:
             status, line = _error_only(config)
         else:
             status, line = run(config)
-        print(line, file=sys.stderr)
+        _log(line)
     except _Stop as exc:  # the backstop timer fired outside run()'s own handling
         status = 0
-        print(f"dgsm-agi: stopped: {exc}", file=sys.stderr)
+        _log(f"dgsm-agi: stopped: {exc}")
     finally:
         signal.setitimer(signal.ITIMER_REAL, 0)
     return status
