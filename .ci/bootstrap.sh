@@ -65,14 +65,15 @@ in_private_netns() {
 # --- The Debian sid root: Asterisk 22 and current Osmocom releases -------------------------
 # Debian 12 has no Asterisk and only old Osmocom releases (osmo-hlr 1.5.0, osmo-msc 1.9.0);
 # sid has Asterisk 22, osmo-hlr 1.9.4 and osmo-msc 1.16. We debootstrap a minimal sid root
-# once, install them there plus this project in a venv at /opt/dgsm-integrations (the
-# operator's path, docs/install.md), and reuse it; it is made again when the package set
-# below changes. The tests run its programs through chroot (dgsm_integrations/lab/distro.py).
+# once, install them there, and reuse it; it is made again when the package set below
+# changes. Each checkout gets a venv of its own there with the project pip-installed
+# (/opt/dgsm-integrations-<key>), for the AGI script Asterisk runs with sid's Python. The
+# tests run the root's programs through chroot (dgsm_integrations/lab/distro.py).
 SID_ROOT=${DGSM_SID_ROOT:-/var/cache/dgsm-integrations/sid-root}
 SID_PACKAGES="asterisk osmo-hlr osmo-mslookup-utils osmo-msc python3 python3-venv ca-certificates"
 SID_PIP="dnslib>=0.9.23 smpplib>=2.2.4 setuptools>=64"
 SID_STAMP_FILE=.dgsm-root-packages
-SID_STAMP="v1 | $SID_PACKAGES | $SID_PIP"
+SID_STAMP="v1 | $SID_PACKAGES"
 SID_APT=(-o Acquire::Check-Valid-Until=false -o APT::Install-Recommends=false -qq)
 
 debian_mirror() {
@@ -101,27 +102,38 @@ make_sid_root() {
         chroot "$new" apt-get clean &&
         # pip inside reads this machine's CA bundle at the same path (PIP_CERT, a proxy's
         # CA): copied after apt, whose ca-certificates would write its own over it
-        cp /etc/ssl/certs/ca-certificates.crt "$new/etc/ssl/certs/ca-certificates.crt" &&
-        chroot "$new" python3 -m venv /opt/dgsm-integrations &&
-        chroot "$new" /opt/dgsm-integrations/bin/pip install -q $SID_PIP
+        cp /etc/ssl/certs/ca-certificates.crt "$new/etc/ssl/certs/ca-certificates.crt"
     } >>"$new.log" 2>&1 || rc=$?
     umount "$new/proc"
     [ "$rc" -eq 0 ] || { tail -5 "$new.log" >&2; die "installing packages into the sid root failed (log: $new.log)"; }
-    # asterisk's postinst may start nothing in a chroot, but make sure no daemon is left
     printf '%s\n' "$SID_STAMP" >"$new/$SID_STAMP_FILE"
     rm -rf "$SID_ROOT" && mv "$new" "$SID_ROOT" && mv "$new.log" "$SID_ROOT.log"
 }
 
+sid_checkout_key() {
+    # one venv in the root per checkout (two checkouts may test at once): the same key as
+    # dgsm_integrations/lab/asterisk.py computes from the checkout's path
+    printf '%s' "$ROOT_DIR" | sha1sum | cut -c1-12
+}
+
 install_project_in_sid_root() {
-    # the project as an operator installs it: a plain (non-editable) pip install into the
-    # root's venv, of this checkout, every run (offline: dependencies are already there)
-    local src="$SID_ROOT/opt/dgsm-src"
-    rm -rf "$src" && mkdir -p "$src"
-    cp -r pyproject.toml README.md dgsm_integrations docs "$src/"
-    find "$src" -name __pycache__ -prune -exec rm -rf {} +
-    chroot "$SID_ROOT" /opt/dgsm-integrations/bin/pip install -q --no-deps --no-build-isolation \
-        --force-reinstall --no-index /opt/dgsm-src >"$SID_ROOT.install.log" 2>&1 \
-        || { tail -5 "$SID_ROOT.install.log" >&2; die "pip install of this checkout into the sid root failed (log: $SID_ROOT.install.log)"; }
+    # this checkout as an operator installs it: a plain (non-editable) pip install into a
+    # venv of its own in the root, every run (the dependencies once, when the venv is made)
+    local key venv src
+    key=$(sid_checkout_key)
+    venv="/opt/dgsm-integrations-$key"
+    src="/opt/dgsm-src-$key"
+    rm -rf "$SID_ROOT$src" && mkdir -p "$SID_ROOT$src"
+    cp -r pyproject.toml README.md dgsm_integrations docs "$SID_ROOT$src/"
+    find "$SID_ROOT$src" -name __pycache__ -prune -exec rm -rf {} +
+    if [ ! -x "$SID_ROOT$venv/bin/python" ]; then
+        { chroot "$SID_ROOT" python3 -m venv "$venv" &&
+          chroot "$SID_ROOT" "$venv/bin/python" -m pip install -q $SID_PIP; } >"$SID_ROOT$src.log" 2>&1 \
+            || { rm -rf "$SID_ROOT$venv"; tail -5 "$SID_ROOT$src.log" >&2; die "making a venv in the sid root failed (log: $SID_ROOT$src.log)"; }
+    fi
+    chroot "$SID_ROOT" "$venv/bin/python" -m pip install -q --no-deps --no-build-isolation \
+        --force-reinstall --no-index "$src" >"$SID_ROOT$src.log" 2>&1 \
+        || { tail -5 "$SID_ROOT$src.log" >&2; die "pip install of this checkout into the sid root failed (log: $SID_ROOT$src.log)"; }
 }
 
 provision_sid_root() {

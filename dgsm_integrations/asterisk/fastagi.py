@@ -42,7 +42,7 @@ from .agi import (
     set_variable,
 )
 from .config import Config
-from .routing import Verdict, log_text, parse_extension
+from .routing import Verdict, log_text, one_line, parse_extension
 
 __all__ = ["FastAgiServer", "ServerStats", "build_parser", "main"]
 
@@ -268,7 +268,7 @@ class FastAgiServer:
                     # happens to it changes nothing for the call
                     with contextlib.suppress(_End, AgiProtocolError, ConnectionError, OSError):
                         await session.command(log_command(
-                            self.config.asterisk_log, log_text("dgsm-fastagi: " + line(), 400)))
+                            self.config.asterisk_log, one_line("dgsm-fastagi: " + line())))
         except TimeoutError:
             self.stats.timeouts += 1
             fields_["agi"] = "call-timeout"

@@ -26,6 +26,7 @@ __all__ = [
     "Routing",
     "Verdict",
     "log_text",
+    "one_line",
     "parse_extension",
 ]
 
@@ -59,6 +60,14 @@ def parse_extension(extension: str | None, args: tuple[str, ...]) -> tuple[str |
     if not (_MSISDN.fullmatch(extension) and extension.isascii()):
         return None, "extension is not 1-15 digits"
     return extension, ""
+
+
+def one_line(text: str, limit: int = 400) -> str:
+    """A log line built from :func:`log_text` pieces, made safe once more as a whole (control
+    and non-ASCII characters escaped, ``$`` too), without escaping it twice; bounded."""
+    out = "".join(c if c.isascii() and c.isprintable() else c.encode("unicode_escape").decode()
+                  for c in text)
+    return out.replace("$", "\\x24")[:limit]
 
 
 def log_text(value: str, limit: int = 40) -> str:

@@ -39,7 +39,7 @@ from .agi import (
 )
 from .config import Config, ConfigError, config_from_environment
 from .oneshot import lookup_once
-from .routing import Routing, Verdict, log_text, parse_extension
+from .routing import Routing, Verdict, log_text, one_line, parse_extension
 
 __all__ = ["main"]
 
@@ -173,7 +173,7 @@ def run(config: Config, rfd: int = 0, wfd: int = 1) -> tuple[int, str]:
     if ended == "ok" and config.asterisk_log != "no":
         # into Asterisk's own log, after DGSM_RESULT: a failure here changes nothing
         with contextlib.suppress(_Stop, AgiProtocolError):
-            pipe.command(log_command(config.asterisk_log, log_text(line, 400)))
+            pipe.command(log_command(config.asterisk_log, one_line(line)))
     return status, line
 
 

@@ -5,7 +5,14 @@
   submit_sm it is given, and sends deliver_sm like osmo-msc);
 - one village (the caller's, "B" by default) also runs our integrations, for real: the
   FreeSWITCH outbound ESL server (``dgsm-fs-esl``, port 8084), the Asterisk FastAGI server
-  (``dgsm-fastagi``, port 4573) and the ESME bound as OSMPP to that village's OsmoMSC.
+  (``dgsm-fastagi``, port 4573) and the ESME bound as OSMPP to that village's OsmoMSC;
+- and, where the Debian sid root exists (``.ci/bootstrap.sh``), a real Asterisk 22 there
+  (:class:`.asterisk.RealAsterisk`) with ``asterisk/extensions.conf`` and ``pjsip.conf`` as
+  shipped, on ``<addr>:5060``: the phone side calls it from 127.0.0.1 (osmo-sip-connector's
+  place: ``dgsm-out``, FastAGI) or 127.0.0.2 (``dgsm-out-local``, the ``dgsm-agi`` script
+  installed in the root), and that village's own subscribers are reached through its
+  ``dgsm-in`` context at the ``msc`` endpoint, 127.0.0.1:5069. Without the root, Asterisk is
+  played by its AGI protocol peer (:mod:`.pbx`).
 
 Everything of a village runs on that village's event loop (:attr:`Village.loop`), so its
 sockets live in its namespace; the methods here are blocking, for the demo and the tests.
@@ -18,6 +25,7 @@ import contextlib
 import os
 import shutil
 import sys
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -28,15 +36,22 @@ from ..esme.pdu import Status
 from ..freeswitch.config import Config as FsConfig
 from ..freeswitch.server import EslServer
 from ..mslookup import AnswerTrace, AsyncResolver, Result
-from .network import SIP_PORT, SMPP_PORT, Lab, Village
+from .asterisk import RealAsterisk, RealAsteriskError
+from .distro import sid_root
+from .network import SIP_PORT, SMPP_PORT, SUBNET, Lab, Village
 from .osmomsc import OsmoMsc, unpack_septets
 from .pbx import PbxCall, asterisk_call, asterisk_script_call, freeswitch_call
-from .sip import Invite, SipUas
+from .sip import Invite, SipUas, call
 from .smsc import SmscPeer, mo_sms
 
 __all__ = ["ESL_PORT", "FASTAGI_PORT", "Services"]
 
 ESL_PORT, FASTAGI_PORT = 8084, 4573
+#: where the village with a real Asterisk has its "OsmoMSC" SIP side (osmo-sip-connector)
+MSC_SIP = ("127.0.0.1", 5069)
+#: SIP answer -> the Q.850 cause chan_pjsip was given (docs/asterisk.md)
+_CAUSE_OF_SIP = {404: 1, 484: 28, 503: 34}
+_RESULT_OF_SIP = {404: "not-found", 484: "invalid", 503: "error"}
 
 
 @dataclass
@@ -57,7 +72,11 @@ class Services:
     #: a real osmo-msc as the SMSC of the other villages (None: if osmo-msc and gcc exist);
     #: the caller's village keeps the stand-in, which sends deliver_sm as if phones did
     real_msc: bool | None = None
+    #: "real": Asterisk 22 from the sid root in the caller's village; "peer": its AGI
+    #: protocol peer; None: real where the sid root has it
+    asterisk: str | None = None
     endpoints: dict[str, _Endpoints] = field(default_factory=dict)
+    real_asterisk: RealAsterisk | None = None
     _pbx: list[Any] = field(default_factory=list)
 
     @property
@@ -67,23 +86,42 @@ class Services:
     def start(self) -> Services:
         if self.real_msc is None:
             self.real_msc = bool(shutil.which("osmo-msc") and shutil.which("gcc"))
+        sid = sid_root()
+        if self.asterisk is None:
+            self.asterisk = "real" if sid is not None and sid.which("asterisk") else "peer"
+        if self.asterisk not in ("real", "peer"):
+            raise ValueError(f"asterisk must be 'real' or 'peer', not {self.asterisk!r}")
         try:
             for v in self.lab:
                 real = self.real_msc and v.name != self.home
-                self.endpoints[v.name] = v.loop.run(self._endpoints(v, stand_in=not real))
+                sip_at = (MSC_SIP if self.asterisk == "real" and v.name == self.home
+                          else (v.addr, SIP_PORT))
+                self.endpoints[v.name] = v.loop.run(
+                    self._endpoints(v, stand_in=not real, sip_at=sip_at))
                 if real:
                     msc = OsmoMsc(v.workdir / "osmo-msc", SMPP_PORT, bind_ip=v.addr,
                                   hlr_ip=v.addr, netns=v.ns, system_id=f"MSC-{v.name}")
                     msc.start()
                     self.endpoints[v.name].msc = msc
             self.village.loop.run(self._integrations())
+            if self.asterisk == "real":
+                if sid is None:
+                    raise RealAsteriskError("no Debian sid root with Asterisk: run "
+                                            ".ci/bootstrap.sh as root (bash .ci/test does)")
+                v = self.village
+                self.real_asterisk = RealAsterisk(
+                    v.workdir / "asterisk", sid, netns=v.ns, sip_bind=(v.addr, SIP_PORT),
+                    fastagi=(v.addr, FASTAGI_PORT), mesh=f"{SUBNET}.0/24", msc=MSC_SIP,
+                    agi_settings=f"interface = {v.addr}\nmin-delay = {self.min_delay}\n")
+                self.real_asterisk.start()
         except BaseException:
             self.close()
             raise
         return self
 
-    async def _endpoints(self, v: Village, stand_in: bool) -> _Endpoints:
-        uas = await SipUas.start(v.addr, SIP_PORT)
+    async def _endpoints(self, v: Village, stand_in: bool,
+                         sip_at: tuple[str, int]) -> _Endpoints:
+        uas = await SipUas.start(*sip_at)
         if not stand_in:
             return _Endpoints(uas)
         smsc = SmscPeer(v.addr, SMPP_PORT)
@@ -94,8 +132,7 @@ class Services:
         v = self.village
         fs = EslServer(FsConfig(interface=v.addr, listen=v.addr, listen_port=ESL_PORT,
                                 min_delay=self.min_delay))
-        agi = FastAgiServer(AgiConfig(interface=v.addr, listen=v.addr,
-                                      listen_port=FASTAGI_PORT, min_delay=self.min_delay))
+        agi = FastAgiServer(self._fastagi_config())
         await fs.start()
         await agi.start()
         resolver = AsyncResolver(interface=v.addr, min_delay=self.min_delay)
@@ -112,6 +149,9 @@ class Services:
         self._pbx = [fs, agi, esme, task, resolver]
 
     def close(self) -> None:
+        if self.real_asterisk is not None:
+            self.real_asterisk.stop()
+            self.real_asterisk = None
         if self._pbx:
             fs, agi, _esme, task, resolver = self._pbx
 
@@ -120,7 +160,8 @@ class Services:
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
                 await resolver.close()
-                await agi.close(grace=0.5)
+                if agi is not None:
+                    await agi.close(grace=0.5)
                 await fs.close(grace=0.5)
             with contextlib.suppress(Exception):
                 self.village.loop.run(stop(), 15)
@@ -165,19 +206,76 @@ class Services:
         v = self.village
         return v.loop.run(freeswitch_call(v.addr, ESL_PORT, dest))
 
-    def asterisk_call(self, dest: str) -> PbxCall:
+    def _fastagi_config(self, **overrides: Any) -> AgiConfig:
         v = self.village
+        kw: dict[str, Any] = {"interface": v.addr, "listen": v.addr,
+                              "listen_port": FASTAGI_PORT, "min_delay": self.min_delay}
+        return AgiConfig(**{**kw, **overrides})
+
+    @property
+    def fastagi(self) -> FastAgiServer | None:
+        """The running dgsm-fastagi server (None while stopped)."""
+        return self._pbx[1] if self._pbx else None
+
+    def stop_fastagi(self) -> None:
+        """Stop dgsm-fastagi, as ``systemctl stop`` would (its port is then closed)."""
+        if self._pbx and self._pbx[1] is not None:
+            self.village.loop.run(self._pbx[1].close(grace=0.5), 10)
+            self._pbx[1] = None
+
+    def start_fastagi(self, **overrides: Any) -> FastAgiServer:
+        """(Re)start dgsm-fastagi, with settings changed from the lab's (``max_sessions=1``)."""
+        self.stop_fastagi()
+        server = FastAgiServer(self._fastagi_config(**overrides))
+        self.village.loop.run(server.start(), 10)
+        self._pbx[1] = server
+        return server
+
+    @property
+    def asterisk_kind(self) -> str:
+        """Which Asterisk the calls go through, for the demo and the test ids."""
+        if self.real_asterisk is not None:
+            return f"Asterisk {self.real_asterisk.version} (real)"
+        return "Asterisk's AGI protocol peer"
+
+    def asterisk_call(self, dest: str, *, guarded: bool = True, **sip: Any) -> PbxCall:
+        """A call through ``dgsm-fastagi``: a phone's call into the real Asterisk (context
+        ``dgsm-out``), or Asterisk's FastAGI played by its protocol peer."""
+        v = self.village
+        if self.real_asterisk is not None:
+            return self._real_call("Asterisk (dgsm-fastagi)", dest,
+                                   "127.0.0.1" if guarded else "127.0.0.3", **sip)
         return v.loop.run(asterisk_call(v.addr, FASTAGI_PORT, dest))
 
-    def asterisk_script_call(self, dest: str) -> PbxCall:
-        """The per-call AGI script (``dgsm-agi``), spawned inside the caller's village."""
+    def asterisk_script_call(self, dest: str, *, guarded: bool = True, **sip: Any) -> PbxCall:
+        """A call through the per-call AGI script (``dgsm-agi``): into the real Asterisk
+        (context ``dgsm-out-local``), or the script spawned inside the caller's village and
+        spoken to by Asterisk's protocol peer."""
         v = self.village
+        if self.real_asterisk is not None:
+            return self._real_call("Asterisk (dgsm-agi script)", dest,
+                                   "127.0.0.2" if guarded else "127.0.0.4", **sip)
         conf = v.workdir / "asterisk.conf"
         conf.write_text(f"interface = {v.addr}\nmin-delay = {self.min_delay}\n")
         env = dict(os.environ, DGSM_AGI_CONFIG=str(conf))
         argv = v.ns.argv([sys.executable, "-c", "import sys; from dgsm_integrations.asterisk."
                           "script import main; sys.exit(main())"])
         return v.loop.run(asterisk_script_call(argv, env, dest))
+
+    def _real_call(self, pbx: str, dest: str, caller_host: str, **sip: Any) -> PbxCall:
+        """The phone side calls the real Asterisk; its SIP answer says what the dialplan did
+        (200 after the site answered the Dial(); 404/484/503 from Hangup(DGSM_CAUSE))."""
+        v = self.village
+        raw = not (dest.isascii() and dest.isdigit() and 1 <= len(dest) <= 15)
+        kw: dict[str, Any] = {"sdp": True, "timeout": 15.0, "raw_user": raw, **sip}
+        t0 = time.monotonic()
+        res = v.loop.run(call(dest, v.addr, SIP_PORT, local_host=caller_host, **kw), 30)
+        if res.answered:
+            return PbxCall(pbx, dest, "Dial(${DGSM_DIAL})", "found", res,
+                           time.monotonic() - t0)
+        cause = _CAUSE_OF_SIP.get(res.code or 0, "?")
+        return PbxCall(pbx, dest, f"hangup {cause}", _RESULT_OF_SIP.get(res.code or 0, "none"),
+                       res, time.monotonic() - t0)
 
     def invite_at(self, village: str, user: str, timeout: float = 5.0) -> Invite | None:
         """The INVITE for ``user`` that reached ``village``'s SIP endpoint, if any."""

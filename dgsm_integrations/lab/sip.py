@@ -132,6 +132,19 @@ class SipUas(asyncio.DatagramProtocol):
                + f"Content-Length: {len(body)}\r\n\r\n{body}")
         self.transport.sendto(msg.encode(), dest)
 
+    def count(self, user: str) -> int:
+        """How many INVITEs (distinct Call-IDs) for ``user`` arrived so far."""
+        return sum(1 for i in self.invites if i.user == user)
+
+    async def until_count(self, user: str, n: int, timeout: float = 5.0) -> bool:
+        """Wait (bounded) until ``n`` INVITEs for ``user`` arrived; False if not in time."""
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(timeout):
+                while self.count(user) < n:
+                    self._changed.clear()
+                    await self._changed.wait()
+        return self.count(user) >= n
+
     async def invited(self, user: str, timeout: float = 5.0) -> Invite:
         """The first INVITE for ``user`` (waits for it, bounded)."""
         async with asyncio.timeout(timeout):
@@ -152,6 +165,7 @@ class CallResult:
     provisional: list[int] = field(default_factory=list)
     invites_sent: int = 0
     elapsed: float = 0.0
+    cancelled: bool = False
 
     @property
     def answered(self) -> bool:
@@ -162,36 +176,75 @@ class _Uac(asyncio.DatagramProtocol):
     def __init__(self, call_id: str) -> None:
         self.call_id = call_id
         self.responses: asyncio.Queue[tuple[int, str, dict[str, str]]] = asyncio.Queue()
+        self.requests: list[str] = []  # methods the far end sent us (BYE, ...)
+        self.transport: asyncio.DatagramTransport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.DatagramTransport, transport)
 
     def datagram_received(self, data: bytes, addr: tuple[str | object, int]) -> None:
         parsed = _parse(data)
         if parsed is None:
             return
         first, headers = parsed
+        if headers.get("call-id") != self.call_id:
+            return
         m = _STATUS.fullmatch(first)
-        if m is not None and headers.get("call-id") == self.call_id:
-            self.responses.put_nowait((int(m.group(1)), m.group(2), headers))
+        if m is not None:
+            if headers.get("cseq", "").endswith("INVITE"):
+                self.responses.put_nowait((int(m.group(1)), m.group(2), headers))
+            return
+        method = first.split(" ", 1)[0]
+        self.requests.append(method)
+        if method in ("BYE", "OPTIONS") and self.transport is not None:
+            # the far end hangs up (Asterisk, after the Dial ended): answer as a phone does
+            reply = (f"SIP/2.0 200 OK\r\nVia: {headers.get('via', '')}\r\n"
+                     f"From: {headers.get('from', '')}\r\nTo: {headers.get('to', '')}\r\n"
+                     f"Call-ID: {self.call_id}\r\nCSeq: {headers.get('cseq', '')}\r\n"
+                     "Content-Length: 0\r\n\r\n")
+            self.transport.sendto(reply.encode(), addr)
+
+
+#: What the request-URI's user part may carry in a raw (hostile) call: RFC 3261's user
+#: characters and %-escapes; no blank, no line break, nothing that ends the URI.
+_RAW_USER = re.compile(r"[A-Za-z0-9\-_.!~*'()&=+$,;?/%]{1,200}")
 
 
 async def call(user: str, host: str, port: int, *, caller: str = "1000",
-               timeout: float = 8.0) -> CallResult:
-    """Call ``sip:user@host:port`` from a fresh local UDP port; ACK and BYE as a phone would."""
-    if not _USER.fullmatch(user):
-        raise ValueError(f"not an MSISDN: {user!r}")
+               timeout: float = 8.0, raw_user: bool = False, sdp: bool = False,
+               local_host: str | None = None,
+               cancel_after: float | None = None) -> CallResult:
+    """Call ``sip:user@host:port`` from a fresh local UDP port; ACK and BYE as a phone would.
+
+    ``raw_user``: send ``user`` as given (percent-escapes, hostile characters) instead of
+    requiring an MSISDN; ``sdp``: offer PCMU audio, as a phone does; ``local_host``: the
+    source address; ``cancel_after``: hang up (CANCEL) that many seconds after the first
+    provisional answer, before any final one: the result is then normally 487.
+    """
+    if not (_RAW_USER if raw_user else _USER).fullmatch(user):
+        raise ValueError(f"not a {'SIP user part' if raw_user else 'MSISDN'}: {user!r}")
     loop = asyncio.get_running_loop()
     call_id = secrets.token_hex(8)
     proto = _Uac(call_id)
-    transport, _ = await loop.create_datagram_endpoint(lambda: proto,
-                                                       remote_addr=(host, port))
+    transport, _ = await loop.create_datagram_endpoint(
+        lambda: proto, remote_addr=(host, port),
+        local_addr=(local_host, 0) if local_host else None)
     local_host, local_port = transport.get_extra_info("sockname")[:2]
     branch = "z9hG4bK" + secrets.token_hex(6)
     tag = secrets.token_hex(4)
-    base = (f"Via: SIP/2.0/UDP {local_host}:{local_port};branch={branch}\r\n"
-            f"From: <sip:{caller}@{local_host}>;tag={tag}\r\n"
+    via = f"Via: SIP/2.0/UDP {local_host}:{local_port};branch={branch}\r\n"
+    base = (f"{via}From: <sip:{caller}@{local_host}>;tag={tag}\r\n"
             f"To: <sip:{user}@{host}>\r\nCall-ID: {call_id}\r\n")
+    body = ""
+    if sdp:
+        body = (f"v=0\r\no=lab 1 1 IN IP4 {local_host}\r\ns=-\r\nc=IN IP4 {local_host}\r\n"
+                "t=0 0\r\nm=audio 4002 RTP/AVP 0\r\na=rtpmap:0 PCMU/8000\r\n")
     invite = (f"INVITE sip:{user}@{host}:{port} SIP/2.0\r\n{base}CSeq: 1 INVITE\r\n"
               f"Contact: <sip:{caller}@{local_host}:{local_port}>\r\nMax-Forwards: 70\r\n"
-              "Content-Length: 0\r\n\r\n").encode()
+              + ("Content-Type: application/sdp\r\n" if body else "")
+              + f"Content-Length: {len(body)}\r\n\r\n{body}").encode()
+    cancel = (f"CANCEL sip:{user}@{host}:{port} SIP/2.0\r\n{base}CSeq: 1 CANCEL\r\n"
+              "Max-Forwards: 70\r\nContent-Length: 0\r\n\r\n").encode()
     result = CallResult()
     start = loop.time()
     try:
@@ -206,19 +259,32 @@ async def call(user: str, host: str, port: int, *, caller: str = "1000",
                 except TimeoutError:
                     interval = min(interval * 2, 4.0)  # timer A
                     continue
+                cancel_at = None if cancel_after is None else loop.time() + cancel_after
                 while code < 200:  # provisional: now wait for the final answer only
                     result.provisional.append(code)
-                    code, reason, headers = await proto.responses.get()
+                    if cancel_at is None:
+                        code, reason, headers = await proto.responses.get()
+                        continue
+                    try:
+                        code, reason, headers = await asyncio.wait_for(
+                            proto.responses.get(), max(0.0, cancel_at - loop.time()))
+                    except TimeoutError:
+                        transport.sendto(cancel)  # the caller hangs up before an answer
+                        result.cancelled = True
+                        cancel_at = None
+                        code, reason, headers = await proto.responses.get()
                 result.code, result.reason = code, reason
                 to = headers.get("to", f"<sip:{user}@{host}>")
-                ack = (f"ACK sip:{user}@{host}:{port} SIP/2.0\r\n"
-                       f"{base.replace(f'To: <sip:{user}@{host}>', f'To: {to}')}"
-                       "CSeq: 1 ACK\r\nContent-Length: 0\r\n\r\n")
+                dialog = base.replace(f"To: <sip:{user}@{host}>", f"To: {to}")
+                ack_via = dialog if code >= 300 else dialog.replace(
+                    branch, "z9hG4bK" + secrets.token_hex(6))  # a 2xx ACK is a new transaction
+                ack = (f"ACK sip:{user}@{host}:{port} SIP/2.0\r\n{ack_via}"
+                       "CSeq: 1 ACK\r\nMax-Forwards: 70\r\nContent-Length: 0\r\n\r\n")
                 transport.sendto(ack.encode())
                 if result.answered:
                     bye = (f"BYE sip:{user}@{host}:{port} SIP/2.0\r\n"
-                           f"{base.replace(f'To: <sip:{user}@{host}>', f'To: {to}')}"
-                           "CSeq: 2 BYE\r\nContent-Length: 0\r\n\r\n")
+                           f"{dialog.replace(branch, 'z9hG4bK' + secrets.token_hex(6))}"
+                           "CSeq: 2 BYE\r\nMax-Forwards: 70\r\nContent-Length: 0\r\n\r\n")
                     transport.sendto(bye.encode())
                 break
     except TimeoutError:

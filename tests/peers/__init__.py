@@ -11,7 +11,9 @@ import shutil
 
 import pytest
 
-__all__ = ["DEBIAN_PACKAGES", "require_binary"]
+from dgsm_integrations.lab.distro import Distro, sid_root
+
+__all__ = ["DEBIAN_PACKAGES", "require_binary", "require_sid_root"]
 
 #: Which Debian package provides which executable (for the skip/fail reason).
 DEBIAN_PACKAGES: dict[str, str] = {
@@ -32,6 +34,19 @@ def require_binary(name: str) -> str:
     package = DEBIAN_PACKAGES.get(name, name)
     reason = (f"{name!r} not found on PATH; install the Debian package {package!r} "
               f"(apt-get install {package})")
+    if os.environ.get("CI", "").lower() == "true":
+        pytest.fail(f"real peer missing under CI: {reason}", pytrace=False)
+    pytest.skip(reason)
+
+
+def require_sid_root(program: str) -> Distro:
+    """The Debian sid root (.ci/bootstrap.sh) with ``program`` in it, or fail (``CI=true``)
+    / skip the calling test with what to do."""
+    root = sid_root()
+    if root is not None and root.which(program):
+        return root
+    reason = (f"no Debian sid root with {program} (made by .ci/bootstrap.sh when run as root: "
+              "sudo bash .ci/test)")
     if os.environ.get("CI", "").lower() == "true":
         pytest.fail(f"real peer missing under CI: {reason}", pytrace=False)
     pytest.skip(reason)
