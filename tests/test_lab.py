@@ -223,9 +223,10 @@ def test_cut_village_calls_hang_up_with_their_cause_and_sms_is_refused(
         sms = services.send_sms("1002", msisdn, "lost?")
     finally:
         lab.restore("C")
-    assert (fs.result, fs.decision, fs.sip) == ("not-found", "hangup UNALLOCATED_NUMBER", None)
-    assert (agi.result, agi.decision, agi.sip) == ("not-found", "hangup 1", None)
-    assert (script.result, script.decision, script.sip) == ("not-found", "hangup 1", None)
+    assert (fs.result, fs.decision, fs.answered) == (
+        "not-found", "hangup UNALLOCATED_NUMBER", False)
+    assert (agi.result, agi.decision, agi.answered) == ("not-found", "hangup 1", False)
+    assert (script.result, script.decision, script.answered) == ("not-found", "hangup 1", False)
     assert sms == 8  # RSYSERR: the village may come back; the phone may retry
     assert not any(r == msisdn for r, _ in services.sms_at("C"))
     assert services.freeswitch_call(msisdn).target == (msisdn, lab["C"].addr, 5060)

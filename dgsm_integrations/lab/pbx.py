@@ -40,12 +40,19 @@ class PbxCall:
     dest: str
     decision: str  # the dial string, or "hangup <cause>"
     result: str  # found / not-found / error / invalid (as the integration said)
+    #: what the INVITE to the site got (stand-ins), or the caller's call (a real PBX)
     sip: CallResult | None
     elapsed: float
 
     @property
     def target(self) -> tuple[str, str, int] | None:
         return sip_target(self.decision)
+
+    @property
+    def answered(self) -> bool:
+        """A call was set up: the INVITE it placed (or, through a real PBX, the caller's
+        own call, which needs that INVITE answered) got a 2xx."""
+        return self.sip is not None and self.sip.answered
 
 
 async def freeswitch_call(server_host: str, server_port: int, dest: str, *,

@@ -269,10 +269,15 @@ class Services:
         raw = not (dest.isascii() and dest.isdigit() and 1 <= len(dest) <= 15)
         kw: dict[str, Any] = {"sdp": True, "timeout": 15.0, "raw_user": raw, **sip}
         t0 = time.monotonic()
+        seen = {name: len(ep.uas.invites) for name, ep in self.endpoints.items()}
         res = v.loop.run(call(dest, v.addr, SIP_PORT, local_host=caller_host, **kw), 30)
         if res.answered:
-            return PbxCall(pbx, dest, "Dial(${DGSM_DIAL})", "found", res,
-                           time.monotonic() - t0)
+            # what Dial(${DGSM_DIAL}) did, as the villages saw it: the INVITE that arrived
+            new = [i for name, ep in self.endpoints.items()
+                   for i in list(ep.uas.invites)[seen[name]:] if i.user == dest]
+            dial = (f"PJSIP/dgsm/sip:{dest}@{new[-1].host}" if new
+                    else "Dial(${DGSM_DIAL}), no INVITE seen")
+            return PbxCall(pbx, dest, dial, "found", res, time.monotonic() - t0)
         cause = _CAUSE_OF_SIP.get(res.code or 0, "?")
         return PbxCall(pbx, dest, f"hangup {cause}", _RESULT_OF_SIP.get(res.code or 0, "none"),
                        res, time.monotonic() - t0)
