@@ -5,12 +5,16 @@ For each deliver_sm (all handled concurrently; answers go out in whatever order 
 1. decode (malformed: answered with an error by the session layer);
 2. normalise the destination; not an MSISDN: RINVDSTADR at once, nothing looked up;
 3. look up ``smpp.sms.<msisdn>.msisdn`` (coalesced by the resolver);
-4. submit_sm to the winning site's SMPP server over the pooled ISMPP bind;
-5. answer ROK only when that submit_sm was accepted; otherwise RSYSERR (temporary: lookup
+4. refuse (``untrusted_status``, default RSYSERR) an answer that came from or names an
+   address outside the trusted networks (:mod:`.trust`): nothing is sent there, not even a
+   TCP connect;
+5. submit_sm to the winning site's SMPP server over the pooled ISMPP bind, as that site's
+   credentials (:meth:`.TrustPolicy.credentials_for`) or the default ISMPP ones;
+6. answer ROK only when that submit_sm was accepted; otherwise RSYSERR (temporary: lookup
    error, destination down, refusing or silent, budget expired) or ``not_found_status``
    (default RINVDSTADR: no site knows the recipient, or the site says it does not).
 
-The whole of 2-5 runs under ``budget`` (default 4 s, below OsmoMSC's 5 s deliver_sm timer).
+The whole of 2-6 runs under ``budget`` (default 4 s, below OsmoMSC's 5 s deliver_sm timer).
 With a store (``--queue``) a temporary failure or a not-found becomes "accept once durably
 stored" (the store retries on its own, :mod:`.store`), and a phone's resend of an SMS already
 accepted is answered ROK without delivering it again.
@@ -30,6 +34,7 @@ from .links import BindConfig, DestinationDown, IsmppPool, OsmppLink
 from .message import InvalidNumber, Message
 from .pdu import Pdu, Status
 from .session import ConnectionLost, SmppConnection, SmppError
+from .trust import TrustPolicy
 
 if TYPE_CHECKING:
     from .store import Store
@@ -63,14 +68,22 @@ class EsmeConfig:
     max_in_flight: int = 5000
     #: with a store: seconds of the budget kept for the durable write
     store_reserve: float = 0.5
+    #: which SMSCs may get SMS and credentials; the default trusts nothing (see .trust)
+    trust: TrustPolicy = field(default_factory=TrustPolicy)
+    #: command_status for an SMS whose lookup named an untrusted SMSC
+    untrusted_status: int = Status.RSYSERR
 
     def osmpp(self) -> BindConfig:
         return BindConfig(self.system_id, self.password, "", self.connect_timeout,
                           self.enquire_interval, self.response_timeout, self.backoff_min,
                           self.backoff_max)
 
-    def ismpp(self) -> BindConfig:
-        return BindConfig(self.dst_system_id, self.dst_password, "", self.connect_timeout,
+    def ismpp(self, host: str | None = None) -> BindConfig:
+        """The ISMPP bind settings for the SMSC at ``host`` (its own credentials if any)."""
+        creds = None if host is None else self.trust.credentials_for(host)
+        system_id, password = ((self.dst_system_id, self.dst_password) if creds is None
+                               else (creds.system_id, creds.password))
+        return BindConfig(system_id, password, "", self.connect_timeout,
                           self.enquire_interval, self.response_timeout, self.backoff_min,
                           min(self.backoff_max, 10.0))
 
@@ -91,6 +104,8 @@ class EsmeStats:
     lookup_errors: int = 0
     destination_down: int = 0
     destination_refused: int = 0
+    #: lookups whose answer came from or named an address outside the trusted networks
+    untrusted: int = 0
     budget_expired: int = 0
     #: submit_sm accepted by the destination after the budget had run out (possible duplicate)
     late_accepted: int = 0
@@ -146,7 +161,26 @@ class Esme:
     def in_flight(self) -> int:
         return len(self._tasks)
 
+    def log_trust(self) -> None:
+        """Say once, at start-up, what the ESME will forward to (loudly when unsafe)."""
+        trust = self.config.trust
+        if trust.any_site:
+            log.warning(
+                "--trust-any-site: SMS and the ISMPP password (system-id %s) go to whatever "
+                "address any host on the mslookup group names first; mslookup answers are "
+                "unauthenticated. Use --trusted NET (your mesh networks) instead",
+                self.config.dst_system_id)
+        elif not trust.networks:
+            log.error(
+                "no trusted networks: every SMS is answered 0x%02x "
+                "and nothing is forwarded. Set --trusted NET (repeatable) to the networks of "
+                "your villages' SMSCs and OsmoHLRs (this village's too), or waive the check "
+                "with --trust-any-site", self.config.untrusted_status)
+        else:
+            log.info("forwarding only to SMSCs in: %s", trust.describe())
+
     async def run(self) -> None:
+        self.log_trust()
         try:
             await self.osmpp.run()
         finally:
@@ -219,6 +253,8 @@ class Esme:
             if verdict.status == Status.ROK:
                 self._background(store.record_delivered(msg))
                 return verdict
+            if verdict.result == "untrusted-destination":
+                return verdict  # refused, not stored for a retry
             pending: asyncio.Future[int] | None = None
         else:
             self.stats.budget_expired += 1
@@ -276,6 +312,13 @@ class Esme:
             return Verdict(Status.RSYSERR, "lookup-error", detail=result.reason or "")
         endpoint = result.endpoints[0]
         site, age = result.site, result.age
+        trust = self.config.trust
+        if not (trust.allows(endpoint.host) and trust.allows(site)):
+            self.stats.untrusted += 1
+            who = endpoint.host if not trust.allows(endpoint.host) else f"answer from {site}"
+            return Verdict(self.config.untrusted_status, "untrusted-destination", site, age,
+                           endpoint, detail=f"{who} is outside the trusted networks "
+                           f"({trust.describe()})")
         verdict = await self.submit(msg, endpoint)
         return Verdict(verdict.status, verdict.result, site, age, endpoint, verdict.detail)
 
@@ -297,7 +340,8 @@ class Esme:
         on_late = None if self.store is not None else (
             lambda req: self._late(msg, endpoint, start, req))
         try:
-            resp = await self.pool.link(endpoint).submit(msg.submit_fields(), on_late)
+            link = self.pool.link(endpoint, self.config.ismpp(endpoint.host))
+            resp = await link.submit(msg.submit_fields(), on_late)
         except SmppError as exc:
             if exc.status == Status.RINVDSTADR:
                 self.stats.not_found += 1

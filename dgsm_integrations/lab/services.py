@@ -7,6 +7,10 @@
   FreeSWITCH outbound ESL server (``dgsm-fs-esl``, port 8084), the Asterisk FastAGI server
   (``dgsm-fastagi``, port 4573) and the ESME bound as OSMPP to that village's OsmoMSC.
 
+All of them trust only the lab's network (:data:`LAB_NETWORK`), as a real site should trust
+only its mesh: the ESME forwards nowhere else, the PBX ways and resolvers drop answers from or
+naming other addresses.
+
 Everything of a village runs on that village's event loop (:attr:`Village.loop`), so its
 sockets live in its namespace; the methods here are blocking, for the demo and the tests.
 """
@@ -25,18 +29,21 @@ from ..asterisk.config import Config as AgiConfig
 from ..asterisk.fastagi import FastAgiServer
 from ..esme.app import Esme, EsmeConfig
 from ..esme.pdu import Status
+from ..esme.trust import TrustPolicy
 from ..freeswitch.config import Config as FsConfig
 from ..freeswitch.server import EslServer
 from ..mslookup import AnswerTrace, AsyncResolver, Result
-from .network import SIP_PORT, SMPP_PORT, Lab, Village
+from .network import SIP_PORT, SMPP_PORT, SUBNET, Lab, Village
 from .osmomsc import OsmoMsc, unpack_septets
 from .pbx import PbxCall, asterisk_call, asterisk_script_call, freeswitch_call
 from .sip import Invite, SipUas
 from .smsc import SmscPeer, mo_sms
 
-__all__ = ["ESL_PORT", "FASTAGI_PORT", "Services"]
+__all__ = ["ESL_PORT", "FASTAGI_PORT", "LAB_NETWORK", "Services"]
 
 ESL_PORT, FASTAGI_PORT = 8084, 4573
+#: the villages' network: the only one our integrations in the lab trust
+LAB_NETWORK = f"{SUBNET}.0/24"
 
 
 @dataclass
@@ -93,18 +100,21 @@ class Services:
     async def _integrations(self) -> None:
         v = self.village
         fs = EslServer(FsConfig(interface=v.addr, listen=v.addr, listen_port=ESL_PORT,
-                                min_delay=self.min_delay))
+                                min_delay=self.min_delay, trusted=(LAB_NETWORK,)))
         agi = FastAgiServer(AgiConfig(interface=v.addr, listen=v.addr,
-                                      listen_port=FASTAGI_PORT, min_delay=self.min_delay))
+                                      listen_port=FASTAGI_PORT, min_delay=self.min_delay,
+                                      trusted=(LAB_NETWORK,)))
         await fs.start()
         await agi.start()
-        resolver = AsyncResolver(interface=v.addr, min_delay=self.min_delay)
+        resolver = AsyncResolver(interface=v.addr, min_delay=self.min_delay,
+                                 trusted=(LAB_NETWORK,))
         await resolver.open()
         # a village that vanished may come back: tell the phone "temporary" (RSYSERR), not
         # "no such number", when no village knows the recipient right now
         esme = Esme(EsmeConfig(src_host=v.addr, src_port=SMPP_PORT, budget=self.budget,
                                not_found_status=Status.RSYSERR, backoff_min=0.1,
-                               backoff_max=1.0, connect_timeout=1.0), resolver)
+                               backoff_max=1.0, connect_timeout=1.0,
+                               trust=TrustPolicy.build([LAB_NETWORK])), resolver)
         task = asyncio.get_running_loop().create_task(esme.run())
         msc = self.endpoints[v.name].smsc
         assert msc is not None
