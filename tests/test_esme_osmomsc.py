@@ -165,7 +165,8 @@ def test_refused_bind_is_reported_and_retried(
         resolver = AsyncResolver(interface=LO, port=MDNS_PORT, min_delay=0.1)
         esme = Esme(EsmeConfig(src_host="127.0.0.1", src_port=MSC_PORT, system_id=system_id,
                                password=password, backoff_min=0.05, backoff_max=0.1,
-                               connect_timeout=1.0), resolver)
+                               connect_timeout=1.0, trust=TrustPolicy.build(["127.0.0.0/8"])),
+                    resolver)
         await resolver.open()
         task = asyncio.get_running_loop().create_task(esme.run())
         try:
