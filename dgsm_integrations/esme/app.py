@@ -68,6 +68,8 @@ class EsmeConfig:
     max_in_flight: int = 5000
     #: with a store: seconds of the budget kept for the durable write
     store_reserve: float = 0.5
+    #: with a store: seconds the duplicate check may take before the SMS is routed anyway
+    store_check: float = 0.25
     #: which SMSCs may get SMS and credentials; the default trusts nothing (see .trust)
     trust: TrustPolicy = field(default_factory=TrustPolicy)
     #: command_status for an SMS whose lookup named an untrusted SMSC
@@ -106,6 +108,8 @@ class EsmeStats:
     destination_refused: int = 0
     #: lookups whose answer came from or named an address outside the trusted networks
     untrusted: int = 0
+    #: the store could not be read or written in time (SMS routed or refused without it)
+    store_errors: int = 0
     budget_expired: int = 0
     #: submit_sm accepted by the destination after the budget had run out (possible duplicate)
     late_accepted: int = 0
@@ -129,6 +133,10 @@ class Verdict:
     age: int | None = None
     destination: Endpoint | None = None
     detail: str = ""
+
+
+#: verdicts that are answered as they are, never stored for a retry
+_NOT_QUEUED = frozenset({"untrusted-destination"})
 
 
 def _settle(fut: asyncio.Future[int], task: asyncio.Task[Verdict]) -> None:
@@ -238,10 +246,11 @@ class Esme:
             except TimeoutError:
                 self.stats.budget_expired += 1
                 return Verdict(Status.RSYSERR, "budget-expired")
-        # store-and-forward: the budget covers the direct attempt *and* the durable store
+        # store-and-forward: the budget covers the direct attempt *and* the durable store;
+        # a store that is slow, locked or broken costs at most store_check before routing
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.config.budget
-        if await store.seen(msg):
+        if await store.seen(msg, self.config.store_check):
             return Verdict(Status.ROK, "duplicate")
         attempt = loop.create_task(self.forward(msg))
         status_of: asyncio.Future[int] = loop.create_future()
@@ -253,19 +262,23 @@ class Esme:
             if verdict.status == Status.ROK:
                 self._background(store.record_delivered(msg))
                 return verdict
-            if verdict.result == "untrusted-destination":
-                return verdict  # refused, not stored for a retry
+            if verdict.result in _NOT_QUEUED:
+                return verdict
             pending: asyncio.Future[int] | None = None
         else:
             self.stats.budget_expired += 1
             verdict = Verdict(Status.RSYSERR, "budget-expired")
             pending = status_of  # still outstanding: retry only if it fails
+        left = max(0.05, deadline - loop.time())
         try:
-            async with asyncio.timeout(max(0.05, deadline - loop.time())):
-                await asyncio.shield(store.enqueue(msg, verdict.result, pending))
+            async with asyncio.timeout(left + 0.1):
+                await asyncio.shield(store.enqueue(msg, verdict.result, pending, wait=left))
         except Exception as exc:
-            log.error("cannot store the message: %r", exc)
-            return verdict
+            self.stats.store_errors += 1  # the store logs its failures (rate-limited)
+            why = f"not stored: {str(exc) or type(exc).__name__}"
+            return Verdict(verdict.status, verdict.result, verdict.site, verdict.age,
+                           verdict.destination,
+                           f"{verdict.detail}; {why}" if verdict.detail else why)
         self.stats.queued += 1
         return Verdict(Status.ROK, f"queued({verdict.result})", verdict.site, verdict.age,
                        verdict.destination, verdict.detail)
