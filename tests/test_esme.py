@@ -508,7 +508,9 @@ def test_help_is_complete() -> None:
                          capture_output=True, text=True, timeout=30, check=True).stdout
     for opt in ("--src-host", "--src-port", "--system-id", "--password", "--dst-system-id",
                 "--budget", "--not-found-status", "--window", "--min-delay", "--queue",
-                "--validity", "--metrics-port", "--mslookup-interface", "--trusted"):
+                "--validity", "--metrics-port", "--mslookup-interface", "--trusted",
+                "--trust-any-site", "--site-credentials", "--credentials-file",
+                "--untrusted-status", "--retry-window"):
         assert opt in out
 
 

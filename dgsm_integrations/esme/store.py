@@ -517,8 +517,9 @@ class Store:
                 if db is not None:
                     with contextlib.suppress(Exception):
                         await loop.run_in_executor(pool, db.close)
-            self._writer.shutdown(wait=True)
-            self._reader.shutdown(wait=True)
+            # jobs not started are dropped; one that runs ends within its busy wait
+            self._writer.shutdown(wait=True, cancel_futures=True)
+            self._reader.shutdown(wait=True, cancel_futures=True)
 
 
 def _execute(db: sqlite3.Connection, sql: str, args: tuple[Any, ...]) -> None:
