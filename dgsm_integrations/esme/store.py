@@ -137,7 +137,7 @@ class Store:
         self._rdb: sqlite3.Connection | None = None
         #: keys of SMS accepted (answered ROK) by this process: the duplicate check that
         #: needs no disk, and the one that still works while the file is locked
-        self._recent: OrderedDict[str, None] = OrderedDict()
+        self._recent: OrderedDict[str, float] = OrderedDict()
         self._recent_max = recent
         self.wake = asyncio.Event()
         self.delivered = 0
@@ -323,7 +323,7 @@ class Store:
 
     def _remember(self, key: str) -> None:
         recent = self._recent
-        recent[key] = None
+        recent[key] = time.monotonic()
         recent.move_to_end(key)
         while len(recent) > self._recent_max:
             recent.popitem(last=False)
@@ -332,7 +332,9 @@ class Store:
         """True if this very SMS was already accepted (a phone's retry): don't deliver it.
         Takes at most ``wait``: a store that cannot answer in time counts as "not seen"."""
         key = message_key(msg)
-        if key in self._recent:
+        accepted = self._recent.get(key)
+        # within validity: still stored (pending or delivered); older, it may have expired
+        if accepted is not None and time.monotonic() - accepted < self.validity:
             self.duplicates += 1
             return True
         try:
