@@ -353,7 +353,8 @@ class Esme:
         on_late = None if self.store is not None else (
             lambda req: self._late(msg, endpoint, start, req))
         try:
-            link = self.pool.link(endpoint, self.config.ismpp(endpoint.host))
+            link = self.pool.links.get(endpoint) or self.pool.link(
+                endpoint, self.config.ismpp(endpoint.host))  # credentials: on first use
             resp = await link.submit(msg.submit_fields(), on_late)
         except SmppError as exc:
             if exc.status == Status.RINVDSTADR:
