@@ -23,6 +23,7 @@ import pytest
 from dgsm_integrations.esme.app import Esme, EsmeConfig
 from dgsm_integrations.esme.message import InvalidNumber, normalise_msisdn, parts_of
 from dgsm_integrations.esme.pdu import PduError, Status, build, decode
+from dgsm_integrations.esme.trust import TrustPolicy
 from dgsm_integrations.lab.smsc import SmscPeer, mo_sms, pdu
 from dgsm_integrations.mslookup import AsyncResolver, Record, Responder
 
@@ -55,10 +56,11 @@ class Village:
         self.hlr = [Responder({}, interface=LO, port=PORT, source=f"127.0.0.{12 + i}")
                     for i in range(3)]
         self.resolver = AsyncResolver(interface=LO, port=PORT, min_delay=0.1)
-        base = dict(src_host=LOCAL, enquire_interval=30.0, backoff_min=0.05, backoff_max=0.2,
-                    connect_timeout=1.0)
+        base: dict[str, Any] = dict(
+            src_host=LOCAL, enquire_interval=30.0, backoff_min=0.05, backoff_max=0.2,
+            connect_timeout=1.0, trust=TrustPolicy.build(["127.0.0.0/8", "192.0.2.0/24"]))
         base.update(cfg)
-        self.esme = Esme(EsmeConfig(**base), self.resolver)  # type: ignore[arg-type]
+        self.esme = Esme(EsmeConfig(**base), self.resolver)
         self.task: asyncio.Task[None] | None = None
 
     def place(self, msisdn: str, *answers: tuple[int, str, int]) -> None:
@@ -506,7 +508,9 @@ def test_help_is_complete() -> None:
                          capture_output=True, text=True, timeout=30, check=True).stdout
     for opt in ("--src-host", "--src-port", "--system-id", "--password", "--dst-system-id",
                 "--budget", "--not-found-status", "--window", "--min-delay", "--queue",
-                "--validity", "--metrics-port", "--mslookup-interface", "--trusted"):
+                "--validity", "--metrics-port", "--mslookup-interface", "--trusted",
+                "--trust-any-site", "--site-credentials", "--credentials-file",
+                "--untrusted-status", "--retry-window"):
         assert opt in out
 
 

@@ -24,6 +24,7 @@ import pytest
 
 from dgsm_integrations.esme.app import Esme, EsmeConfig
 from dgsm_integrations.esme.pdu import Status
+from dgsm_integrations.esme.trust import TrustPolicy
 from dgsm_integrations.lab.smsc import SmscPeer, mo_sms
 from dgsm_integrations.mslookup import AsyncResolver, Record, Responder
 
@@ -55,7 +56,7 @@ async def village(**cfg: Any) -> AsyncIterator[tuple[SmscPeer, Responder, Esme]]
     hlr = Responder({}, interface=LO, port=MDNS_PORT, source="127.0.0.12")
     resolver = AsyncResolver(interface=LO, port=MDNS_PORT, min_delay=0.1)
     base: dict[str, Any] = dict(src_host=LOCAL, backoff_min=0.05, backoff_max=0.2,
-                                connect_timeout=1.0)
+                                connect_timeout=1.0, trust=TrustPolicy.build(["127.0.0.0/8"]))
     base.update(cfg)
     esme = Esme(EsmeConfig(**base), resolver)
     async with local:
@@ -131,7 +132,8 @@ def test_esme_binds_osmpp_to_real_osmo_msc_and_rebinds_after_restart(
     async def body() -> None:
         resolver = AsyncResolver(interface=LO, port=MDNS_PORT, min_delay=0.1)
         esme = Esme(EsmeConfig(src_host="127.0.0.1", src_port=MSC_PORT, backoff_min=0.05,
-                               backoff_max=0.2, connect_timeout=1.0), resolver)
+                               backoff_max=0.2, connect_timeout=1.0,
+                               trust=TrustPolicy.build(["127.0.0.0/8"])), resolver)
         await resolver.open()
         task = asyncio.get_running_loop().create_task(esme.run())
         try:
@@ -163,7 +165,8 @@ def test_refused_bind_is_reported_and_retried(
         resolver = AsyncResolver(interface=LO, port=MDNS_PORT, min_delay=0.1)
         esme = Esme(EsmeConfig(src_host="127.0.0.1", src_port=MSC_PORT, system_id=system_id,
                                password=password, backoff_min=0.05, backoff_max=0.1,
-                               connect_timeout=1.0), resolver)
+                               connect_timeout=1.0, trust=TrustPolicy.build(["127.0.0.0/8"])),
+                    resolver)
         await resolver.open()
         task = asyncio.get_running_loop().create_task(esme.run())
         try:

@@ -56,11 +56,30 @@ def test_not_found_is_queued_and_expires(tmp_path: Path) -> None:
     run(body())
 
 
+def test_resend_after_expiry_is_delivered_not_swallowed(tmp_path: Path) -> None:
+    """The duplicate check must not answer ROK for an SMS whose stored copy expired (it
+    would be accepted and never delivered); the in-memory check keeps keys for the validity
+    only."""
+    async def body() -> None:
+        store = Store(str(tmp_path / "q.db"), validity=0.3, retry_min=0.1, retry_max=0.1)
+        async with Village() as v, store.attach(v.esme):
+            sms = mo_sms("1001", "2002", b"late", msg_ref=3)
+            assert await v.msc.deliver(sms) == Status.ROK  # nobody knows 2002: stored
+            async with asyncio.timeout(5):
+                while (await store.counts()).get("expired") != 1:
+                    store.wake.set()
+                    await asyncio.sleep(0.05)  # polling the DB state, bounded by the timeout
+            v.place("2002", (0, SITE3, 0))
+            assert await v.msc.deliver(sms) == Status.ROK  # the phone tries again
+            assert [s.get("short_message") for s in v.site3.submits] == [b"late"]
+    run(body())
+
+
 def _daemon(db: Path, metrics: int) -> subprocess.Popen[bytes]:
     return subprocess.Popen(
         [sys.executable, "-m", "dgsm_integrations.esme", "--src-host", LOCAL,
          "--mslookup-interface", LO, "--mslookup-port", str(PORT), "--min-delay", "0.1",
-         "--queue", str(db), "--retry-min", "0.2", "--retry-max", "0.5",
+         "--trusted", "127.0.0.0/8", "--queue", str(db), "--retry-min", "0.2", "--retry-max", "0.5",
          "--metrics-port", str(metrics), "--connect-timeout", "1", "--log-level", "WARNING"],
         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
 

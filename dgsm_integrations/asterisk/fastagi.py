@@ -191,6 +191,10 @@ class FastAgiServer:
         log.info("dgsm-fastagi listening on %s:%s (route /%s, endpoint %s, resolver %s)",
                  self.config.listen, self.port, self.config.route, self.config.endpoint,
                  self.resolver.config.describe())
+        if self.config.trusted is None:
+            log.warning("no trusted networks: any host on the mslookup group can answer and "
+                        "have calls sent to the address it names; set trusted = <your mesh "
+                        "networks> in the config file")
 
     @property
     def active(self) -> int:

@@ -5,12 +5,16 @@ For each deliver_sm (all handled concurrently; answers go out in whatever order 
 1. decode (malformed: answered with an error by the session layer);
 2. normalise the destination; not an MSISDN: RINVDSTADR at once, nothing looked up;
 3. look up ``smpp.sms.<msisdn>.msisdn`` (coalesced by the resolver);
-4. submit_sm to the winning site's SMPP server over the pooled ISMPP bind;
-5. answer ROK only when that submit_sm was accepted; otherwise RSYSERR (temporary: lookup
+4. refuse (``untrusted_status``, default RSYSERR) an answer that came from or names an
+   address outside the trusted networks (:mod:`.trust`): nothing is sent there, not even a
+   TCP connect;
+5. submit_sm to the winning site's SMPP server over the pooled ISMPP bind, as that site's
+   credentials (:meth:`.TrustPolicy.credentials_for`) or the default ISMPP ones;
+6. answer ROK only when that submit_sm was accepted; otherwise RSYSERR (temporary: lookup
    error, destination down, refusing or silent, budget expired) or ``not_found_status``
    (default RINVDSTADR: no site knows the recipient, or the site says it does not).
 
-The whole of 2-5 runs under ``budget`` (default 4 s, below OsmoMSC's 5 s deliver_sm timer).
+The whole of 2-6 runs under ``budget`` (default 4 s, below OsmoMSC's 5 s deliver_sm timer).
 With a store (``--queue``) a temporary failure or a not-found becomes "accept once durably
 stored" (the store retries on its own, :mod:`.store`), and a phone's resend of an SMS already
 accepted is answered ROK without delivering it again.
@@ -30,6 +34,7 @@ from .links import BindConfig, DestinationDown, IsmppPool, OsmppLink
 from .message import InvalidNumber, Message
 from .pdu import Pdu, Status
 from .session import ConnectionLost, SmppConnection, SmppError
+from .trust import TrustPolicy
 
 if TYPE_CHECKING:
     from .store import Store
@@ -63,14 +68,24 @@ class EsmeConfig:
     max_in_flight: int = 5000
     #: with a store: seconds of the budget kept for the durable write
     store_reserve: float = 0.5
+    #: with a store: seconds the duplicate check may take before the SMS is routed anyway
+    store_check: float = 0.25
+    #: which SMSCs may get SMS and credentials; the default trusts nothing (see .trust)
+    trust: TrustPolicy = field(default_factory=TrustPolicy)
+    #: command_status for an SMS whose lookup named an untrusted SMSC
+    untrusted_status: int = Status.RSYSERR
 
     def osmpp(self) -> BindConfig:
         return BindConfig(self.system_id, self.password, "", self.connect_timeout,
                           self.enquire_interval, self.response_timeout, self.backoff_min,
                           self.backoff_max)
 
-    def ismpp(self) -> BindConfig:
-        return BindConfig(self.dst_system_id, self.dst_password, "", self.connect_timeout,
+    def ismpp(self, host: str | None = None) -> BindConfig:
+        """The ISMPP bind settings for the SMSC at ``host`` (its own credentials if any)."""
+        creds = None if host is None else self.trust.credentials_for(host)
+        system_id, password = ((self.dst_system_id, self.dst_password) if creds is None
+                               else (creds.system_id, creds.password))
+        return BindConfig(system_id, password, "", self.connect_timeout,
                           self.enquire_interval, self.response_timeout, self.backoff_min,
                           min(self.backoff_max, 10.0))
 
@@ -91,6 +106,10 @@ class EsmeStats:
     lookup_errors: int = 0
     destination_down: int = 0
     destination_refused: int = 0
+    #: lookups whose answer came from or named an address outside the trusted networks
+    untrusted: int = 0
+    #: the store could not be read or written in time (SMS routed or refused without it)
+    store_errors: int = 0
     budget_expired: int = 0
     #: submit_sm accepted by the destination after the budget had run out (possible duplicate)
     late_accepted: int = 0
@@ -114,6 +133,10 @@ class Verdict:
     age: int | None = None
     destination: Endpoint | None = None
     detail: str = ""
+
+
+#: verdicts that are answered as they are, never stored for a retry
+_NOT_QUEUED = frozenset({"untrusted-destination"})
 
 
 def _settle(fut: asyncio.Future[int], task: asyncio.Task[Verdict]) -> None:
@@ -146,7 +169,26 @@ class Esme:
     def in_flight(self) -> int:
         return len(self._tasks)
 
+    def log_trust(self) -> None:
+        """Say once, at start-up, what the ESME will forward to (loudly when unsafe)."""
+        trust = self.config.trust
+        if trust.any_site:
+            log.warning(
+                "--trust-any-site: SMS and the ISMPP password (system-id %s) go to whatever "
+                "address any host on the mslookup group names first; mslookup answers are "
+                "unauthenticated. Use --trusted NET (your mesh networks) instead",
+                self.config.dst_system_id)
+        elif not trust.networks:
+            log.error(
+                "no trusted networks: every SMS is answered 0x%02x "
+                "and nothing is forwarded. Set --trusted NET (repeatable) to the networks of "
+                "your villages' SMSCs and OsmoHLRs (this village's too), or waive the check "
+                "with --trust-any-site", self.config.untrusted_status)
+        else:
+            log.info("forwarding only to SMSCs in: %s", trust.describe())
+
     async def run(self) -> None:
+        self.log_trust()
         try:
             await self.osmpp.run()
         finally:
@@ -204,10 +246,11 @@ class Esme:
             except TimeoutError:
                 self.stats.budget_expired += 1
                 return Verdict(Status.RSYSERR, "budget-expired")
-        # store-and-forward: the budget covers the direct attempt *and* the durable store
+        # store-and-forward: the budget covers the direct attempt *and* the durable store;
+        # a store that is slow, locked or broken costs at most store_check before routing
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.config.budget
-        if await store.seen(msg):
+        if await store.seen(msg, self.config.store_check):
             return Verdict(Status.ROK, "duplicate")
         attempt = loop.create_task(self.forward(msg))
         status_of: asyncio.Future[int] = loop.create_future()
@@ -219,17 +262,23 @@ class Esme:
             if verdict.status == Status.ROK:
                 self._background(store.record_delivered(msg))
                 return verdict
+            if verdict.result in _NOT_QUEUED:
+                return verdict
             pending: asyncio.Future[int] | None = None
         else:
             self.stats.budget_expired += 1
             verdict = Verdict(Status.RSYSERR, "budget-expired")
             pending = status_of  # still outstanding: retry only if it fails
+        left = max(0.05, deadline - loop.time())
         try:
-            async with asyncio.timeout(max(0.05, deadline - loop.time())):
-                await asyncio.shield(store.enqueue(msg, verdict.result, pending))
+            async with asyncio.timeout(left + 0.1):
+                await asyncio.shield(store.enqueue(msg, verdict.result, pending, wait=left))
         except Exception as exc:
-            log.error("cannot store the message: %r", exc)
-            return verdict
+            self.stats.store_errors += 1  # the store logs its failures (rate-limited)
+            why = f"not stored: {str(exc) or type(exc).__name__}"
+            return Verdict(verdict.status, verdict.result, verdict.site, verdict.age,
+                           verdict.destination,
+                           f"{verdict.detail}; {why}" if verdict.detail else why)
         self.stats.queued += 1
         return Verdict(Status.ROK, f"queued({verdict.result})", verdict.site, verdict.age,
                        verdict.destination, verdict.detail)
@@ -276,6 +325,13 @@ class Esme:
             return Verdict(Status.RSYSERR, "lookup-error", detail=result.reason or "")
         endpoint = result.endpoints[0]
         site, age = result.site, result.age
+        trust = self.config.trust
+        if not (trust.allows(endpoint.host) and trust.allows(site)):
+            self.stats.untrusted += 1
+            who = endpoint.host if not trust.allows(endpoint.host) else f"answer from {site}"
+            return Verdict(self.config.untrusted_status, "untrusted-destination", site, age,
+                           endpoint, detail=f"{who} is outside the trusted networks "
+                           f"({trust.describe()})")
         verdict = await self.submit(msg, endpoint)
         return Verdict(verdict.status, verdict.result, site, age, endpoint, verdict.detail)
 
@@ -297,7 +353,9 @@ class Esme:
         on_late = None if self.store is not None else (
             lambda req: self._late(msg, endpoint, start, req))
         try:
-            resp = await self.pool.link(endpoint).submit(msg.submit_fields(), on_late)
+            link = self.pool.links.get(endpoint) or self.pool.link(
+                endpoint, self.config.ismpp(endpoint.host))  # credentials: on first use
+            resp = await link.submit(msg.submit_fields(), on_late)
         except SmppError as exc:
             if exc.status == Status.RINVDSTADR:
                 self.stats.not_found += 1

@@ -12,6 +12,7 @@ from collections.abc import Sequence
 
 from ..mslookup import DEFAULT_GROUP_V4, DEFAULT_PORT, AsyncResolver, MslookupError
 from .app import EsmeConfig
+from .trust import CredentialsError, TrustPolicy, parse_credentials_file, parse_site_credentials
 
 __all__ = ["build_parser", "config_from", "install_signal_handlers", "main"]
 
@@ -30,6 +31,20 @@ def _positive(text: str) -> float:
     if not value > 0:
         raise argparse.ArgumentTypeError(f"{text} must be > 0")
     return value
+
+
+def _window(text: str) -> int:
+    value = int(text)
+    if not 1 <= value <= 1000:
+        raise argparse.ArgumentTypeError(f"{text} must be 1..1000")
+    return value
+
+
+def _site_credentials(text: str) -> object:
+    try:
+        return parse_site_credentials(text)
+    except CredentialsError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -55,6 +70,14 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--dst-system-id", default=d.dst_system_id,
                    help="our system-id at every destination SMSC (the local one too)")
     g.add_argument("--dst-password", default=d.dst_password, help="its password")
+    g.add_argument("--site-credentials", action="append", default=[],
+                   type=_site_credentials, metavar="NET=SYSTEM_ID:PASSWORD",
+                   help="trust the SMSCs in NET and bind to them with these credentials "
+                        "instead of --dst-system-id/--dst-password (repeatable; the most "
+                        "specific network wins)")
+    g.add_argument("--credentials-file", default=None, metavar="PATH",
+                   help="the same from a file kept out of the process list: one "
+                        "'NET SYSTEM_ID PASSWORD' per line, # comments")
     g.add_argument("--window", type=int, default=d.window,
                    help="outstanding submit_sm per destination bind")
     g = p.add_argument_group("answers and timing")
@@ -78,7 +101,14 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--lookup-timeout", type=float, default=None,
                    help="seconds until a lookup gives up (default: min-delay)")
     g.add_argument("--trusted", action="append", default=None, metavar="NET",
-                   help="only accept answers from / naming this network (repeatable)")
+                   help="forward only to SMSCs in this network, named by answers from this "
+                        "network (repeatable; this village's own too). Without any "
+                        "--trusted or --site-credentials nothing is forwarded")
+    g.add_argument("--trust-any-site", action="store_true",
+                   help="UNSAFE: forward SMS and the ISMPP password to whatever address any "
+                        "host on the mslookup group names (mslookup is unauthenticated)")
+    g.add_argument("--untrusted-status", type=_status, default=d.untrusted_status,
+                   help="command_status for an SMS whose lookup named an untrusted SMSC")
     g = p.add_argument_group("store-and-forward (off by default)")
     g.add_argument("--queue", default=None, metavar="PATH",
                    help="SQLite file: accept an SMS whose recipient's site is unreachable or "
@@ -89,6 +119,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="seconds before the first retry of a stored SMS (doubling after)")
     g.add_argument("--retry-max", type=_positive, default=1800.0,
                    help="longest pause between retries of a stored SMS")
+    g.add_argument("--retry-window", type=_window, default=8,
+                   help="stored SMS being retried at once; after a kill -9 at most this "
+                        "many (plus the direct attempts outstanding) may arrive twice")
     g = p.add_argument_group("operations")
     g.add_argument("--metrics-port", type=int, default=None,
                    help="serve Prometheus counters on this HTTP port (off by default)")
@@ -98,8 +131,20 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def trust_from(args: argparse.Namespace) -> TrustPolicy:
+    """The trust policy of the command line (raises CredentialsError for a bad file)."""
+    creds = list(getattr(args, "site_credentials", None) or [])
+    if getattr(args, "credentials_file", None):
+        try:
+            creds += parse_credentials_file(args.credentials_file)
+        except OSError as exc:
+            raise CredentialsError(f"--credentials-file: {exc}") from None
+    return TrustPolicy.build(args.trusted, creds, bool(getattr(args, "trust_any_site", False)))
+
+
 def config_from(args: argparse.Namespace) -> EsmeConfig:
     return EsmeConfig(
+        trust=trust_from(args), untrusted_status=args.untrusted_status,
         src_host=args.src_host, src_port=args.src_port, system_id=args.system_id,
         password=args.password, dst_system_id=args.dst_system_id,
         dst_password=args.dst_password, budget=args.budget,
@@ -111,11 +156,16 @@ def config_from(args: argparse.Namespace) -> EsmeConfig:
 async def serve(args: argparse.Namespace) -> int:
     from . import runtime  # store and metrics, only when asked for
 
+    config = config_from(args)
+    trust = config.trust
+    # the resolver drops answers from / naming untrusted addresses, so a spoofed answer
+    # cannot win over the real one; with nothing trusted the ESME refuses (and logs) them
+    networks = None if trust.any_site or not trust.networks else trust.networks
     resolver = AsyncResolver(interface=args.mslookup_interface, group=args.mslookup_group,
                              port=args.mslookup_port, min_delay=args.min_delay,
-                             timeout=args.lookup_timeout, trusted=args.trusted)
+                             timeout=args.lookup_timeout, trusted=networks)
     async with resolver:
-        return await runtime.run_daemon(config_from(args), resolver, args)
+        return await runtime.run_daemon(config, resolver, args)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -126,7 +176,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return asyncio.run(serve(args))
     except KeyboardInterrupt:
         return 0
-    except MslookupError as exc:
+    except (MslookupError, CredentialsError) as exc:
         print(f"esme_dgsm: {exc}", file=sys.stderr)
         return 2
 

@@ -8,7 +8,8 @@
   reused for every message, rebound on the next message after it was lost, with a window of
   outstanding submit_sm. After a failed connect or bind the destination is "down" for a
   back-off period, in which submits fail at once instead of eating the caller's budget.
-- :class:`IsmppPool` holds one IsmppLink per destination endpoint.
+- :class:`IsmppPool` holds one IsmppLink per destination endpoint, each with the credentials
+  the ESME chose for that endpoint.
 """
 
 from __future__ import annotations
@@ -262,10 +263,12 @@ class IsmppPool:
         self.window_size = window
         self.links: dict[Endpoint, IsmppLink] = {}
 
-    def link(self, endpoint: Endpoint) -> IsmppLink:
+    def link(self, endpoint: Endpoint, cfg: BindConfig | None = None) -> IsmppLink:
+        """The link to ``endpoint``, made with ``cfg`` (default: the pool's) on first use."""
         link = self.links.get(endpoint)
         if link is None:
-            link = self.links[endpoint] = IsmppLink(endpoint, self.cfg, self.window_size)
+            link = self.links[endpoint] = IsmppLink(endpoint, cfg or self.cfg,
+                                                    self.window_size)
         return link
 
     async def close(self) -> None:

@@ -28,6 +28,8 @@ _HELP = {
     "destination_down": "destination SMSC unreachable, not bound, or silent",
     "destination_refused": "submit_sm refused by a destination SMSC",
     "budget_expired": "messages whose answer budget ran out",
+    "untrusted": "lookups naming an SMSC (or answered from) outside the trusted networks",
+    "store_errors": "messages the store could not take in time (answered without it)",
     "overload": "deliver_sm refused because too many were in flight",
     "malformed": "malformed PDUs received",
     "reports": "status reports forwarded",
@@ -49,7 +51,7 @@ def render(esme: Esme) -> str:
         lines.append(f'esme_dgsm_ismpp_up{{destination="{endpoint}"}} {up}')
     store = esme.store
     if store is not None:
-        for name in ("delivered", "expired", "duplicates", "retries"):
+        for name in ("delivered", "expired", "duplicates", "retries", "errors"):
             lines += [f"# TYPE esme_dgsm_store_{name}_total counter",
                       f"esme_dgsm_store_{name}_total {getattr(store, name)}"]
     stats = getattr(esme.lookup, "stats", None)

@@ -24,7 +24,8 @@ async def run_daemon(config: EsmeConfig, lookup: Lookup, args: argparse.Namespac
         if getattr(args, "queue", None):
             from .store import Store
             store = Store(args.queue, validity=args.validity, retry_min=args.retry_min,
-                          retry_max=args.retry_max)
+                          retry_max=args.retry_max,
+                          window=getattr(args, "retry_window", 8))
             await stack.enter_async_context(store.attach(esme))
         if getattr(args, "metrics_port", None) is not None:
             from .metrics import MetricsServer

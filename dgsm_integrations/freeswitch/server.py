@@ -202,6 +202,10 @@ class EslServer:
         log.info("dgsm-fs-esl listening on %s:%s (profiles %s/%s, service %s, resolver %s)",
                  self.config.listen, self.port, self.config.profile, self.config.profile_v6,
                  self.config.service, self.resolver.config.describe())
+        if self.config.trusted is None:
+            log.warning("no trusted networks: any host on the mslookup group can answer and "
+                        "have calls bridged to the address it names; set trusted = <your "
+                        "mesh networks> in the config file")
 
     @property
     def active(self) -> int:

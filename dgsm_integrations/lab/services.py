@@ -14,6 +14,10 @@
   ``dgsm-in`` context at the ``msc`` endpoint, 127.0.0.1:5069. Without the root, Asterisk is
   played by its AGI protocol peer (:mod:`.pbx`).
 
+All of them trust only the lab's network (:data:`LAB_NETWORK`), as a real site should trust
+only its mesh: the ESME forwards nowhere else, the PBX ways and resolvers drop answers from or
+naming other addresses.
+
 Everything of a village runs on that village's event loop (:attr:`Village.loop`), so its
 sockets live in its namespace; the methods here are blocking, for the demo and the tests.
 """
@@ -33,6 +37,7 @@ from ..asterisk.config import Config as AgiConfig
 from ..asterisk.fastagi import FastAgiServer
 from ..esme.app import Esme, EsmeConfig
 from ..esme.pdu import Status
+from ..esme.trust import TrustPolicy
 from ..freeswitch.config import Config as FsConfig
 from ..freeswitch.server import EslServer
 from ..mslookup import AnswerTrace, AsyncResolver, Result
@@ -44,9 +49,11 @@ from .pbx import PbxCall, asterisk_call, asterisk_script_call, freeswitch_call
 from .sip import Invite, SipUas, call
 from .smsc import SmscPeer, mo_sms
 
-__all__ = ["ESL_PORT", "FASTAGI_PORT", "Services"]
+__all__ = ["ESL_PORT", "FASTAGI_PORT", "LAB_NETWORK", "Services"]
 
 ESL_PORT, FASTAGI_PORT = 8084, 4573
+#: the villages' network: the only one our integrations in the lab trust
+LAB_NETWORK = f"{SUBNET}.0/24"
 #: where the village with a real Asterisk has its "OsmoMSC" SIP side (osmo-sip-connector)
 MSC_SIP = ("127.0.0.1", 5069)
 #: SIP answer -> the Q.850 cause chan_pjsip was given (docs/asterisk.md)
@@ -111,8 +118,9 @@ class Services:
                 v = self.village
                 self.real_asterisk = RealAsterisk(
                     v.workdir / "asterisk", sid, netns=v.ns, sip_bind=(v.addr, SIP_PORT),
-                    fastagi=(v.addr, FASTAGI_PORT), mesh=f"{SUBNET}.0/24", msc=MSC_SIP,
-                    agi_settings=f"interface = {v.addr}\nmin-delay = {self.min_delay}\n")
+                    fastagi=(v.addr, FASTAGI_PORT), mesh=LAB_NETWORK, msc=MSC_SIP,
+                    agi_settings=f"interface = {v.addr}\nmin-delay = {self.min_delay}\n"
+                                 f"trusted = {LAB_NETWORK}\n")
                 self.real_asterisk.start()
         except BaseException:
             self.close()
@@ -131,17 +139,19 @@ class Services:
     async def _integrations(self) -> None:
         v = self.village
         fs = EslServer(FsConfig(interface=v.addr, listen=v.addr, listen_port=ESL_PORT,
-                                min_delay=self.min_delay))
+                                min_delay=self.min_delay, trusted=(LAB_NETWORK,)))
         agi = FastAgiServer(self._fastagi_config())
         await fs.start()
         await agi.start()
-        resolver = AsyncResolver(interface=v.addr, min_delay=self.min_delay)
+        resolver = AsyncResolver(interface=v.addr, min_delay=self.min_delay,
+                                 trusted=(LAB_NETWORK,))
         await resolver.open()
         # a village that vanished may come back: tell the phone "temporary" (RSYSERR), not
         # "no such number", when no village knows the recipient right now
         esme = Esme(EsmeConfig(src_host=v.addr, src_port=SMPP_PORT, budget=self.budget,
                                not_found_status=Status.RSYSERR, backoff_min=0.1,
-                               backoff_max=1.0, connect_timeout=1.0), resolver)
+                               backoff_max=1.0, connect_timeout=1.0,
+                               trust=TrustPolicy.build([LAB_NETWORK])), resolver)
         task = asyncio.get_running_loop().create_task(esme.run())
         msc = self.endpoints[v.name].smsc
         assert msc is not None
@@ -209,7 +219,8 @@ class Services:
     def _fastagi_config(self, **overrides: Any) -> AgiConfig:
         v = self.village
         kw: dict[str, Any] = {"interface": v.addr, "listen": v.addr,
-                              "listen_port": FASTAGI_PORT, "min_delay": self.min_delay}
+                              "listen_port": FASTAGI_PORT, "min_delay": self.min_delay,
+                              "trusted": (LAB_NETWORK,)}
         return AgiConfig(**{**kw, **overrides})
 
     @property
@@ -256,7 +267,8 @@ class Services:
             return self._real_call("Asterisk (dgsm-agi script)", dest,
                                    "127.0.0.2" if guarded else "127.0.0.4", **sip)
         conf = v.workdir / "asterisk.conf"
-        conf.write_text(f"interface = {v.addr}\nmin-delay = {self.min_delay}\n")
+        conf.write_text(f"interface = {v.addr}\nmin-delay = {self.min_delay}\n"
+                        f"trusted = {LAB_NETWORK}\n")
         env = dict(os.environ, DGSM_AGI_CONFIG=str(conf))
         argv = v.ns.argv([sys.executable, "-c", "import sys; from dgsm_integrations.asterisk."
                           "script import main; sys.exit(main())"])
