@@ -31,8 +31,11 @@ from .test_esme_store import _daemon, _metrics
 
 @contextlib.contextmanager
 def locked(path: Path) -> Iterator[sqlite3.Connection]:
-    """Another process's write transaction on the queue file, held until the block ends."""
-    other = sqlite3.connect(path, isolation_level=None, timeout=0)
+    """Another process's write transaction on the queue file, held until the block ends.
+
+    Taking it waits (bounded) for a write of the store's own that may be under way: the
+    store writes at any moment (its retry loop), and a lock not taken is no test."""
+    other = sqlite3.connect(path, isolation_level=None, timeout=5)
     other.execute("BEGIN EXCLUSIVE")
     other.execute("UPDATE sms SET attempts=attempts WHERE 0")
     try:
