@@ -222,7 +222,7 @@ async def call(user: str, host: str, port: int, *, caller: str = "1000",
     provisional answer, before any final one: the result is then normally 487.
     """
     if not (_RAW_USER if raw_user else _USER).fullmatch(user):
-        raise ValueError(f"not a {'SIP user part' if raw_user else 'MSISDN'}: {user!r}")
+        raise ValueError(f"not {'a SIP user part' if raw_user else 'an MSISDN'}: {user!r}")
     loop = asyncio.get_running_loop()
     call_id = secrets.token_hex(8)
     proto = _Uac(call_id)
