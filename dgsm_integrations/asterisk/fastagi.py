@@ -388,9 +388,11 @@ FastAGI server for D-GSM: finds the site where a dialled MSISDN was seen most re
 (mslookup over multicast DNS, like OsmoHLR) and hands the result to the Asterisk dialplan
 in channel variables. It only looks up; your dialplan does the Dial().
 
-In extensions.conf:
+In extensions.conf (the whole context, with its failure branches, is asterisk/extensions.conf):
 
-  exten => _X.,1,Set(DGSM_RESULT=)
+  exten => _X.,1,GotoIf($[${REGEX("^[0-9]{1,15}$" ${EXTEN})}]?lookup)
+   same => n,Hangup(28)
+   same => n(lookup),Set(DGSM_RESULT=)
    same => n,AGI(agi://127.0.0.1:4573/dgsm?service=sip.voice)
    same => n,GotoIf($["${DGSM_RESULT}" = "found"]?dial)
    same => n,Hangup(${IF($["${DGSM_CAUSE}" = ""]?34:${DGSM_CAUSE})})
