@@ -71,7 +71,8 @@ in_private_netns() {
 # tests run the root's programs through chroot (dgsm_integrations/lab/distro.py).
 SID_ROOT=${DGSM_SID_ROOT:-/var/cache/dgsm-integrations/sid-root}
 SID_PACKAGES="asterisk osmo-hlr osmo-mslookup-utils osmo-msc python3 python3-venv ca-certificates"
-SID_PIP="dnslib>=0.9.23 smpplib>=2.2.4 setuptools>=64"
+# the project's dependencies, and what tests/test_python_next.py runs its unit tests with
+SID_PIP="dnslib>=0.9.23 smpplib>=2.2.4 setuptools>=64 pytest>=7.4 pytest-timeout>=2.1 hypothesis>=6.80"
 SID_STAMP_FILE=.dgsm-root-packages
 SID_STAMP="v1 | $SID_PACKAGES"
 SID_APT=(-o Acquire::Check-Valid-Until=false -o APT::Install-Recommends=false -qq)
@@ -124,7 +125,7 @@ install_project_in_sid_root() {
     venv="/opt/dgsm-integrations-$key"
     src="/opt/dgsm-src-$key"
     rm -rf "$SID_ROOT$src" && mkdir -p "$SID_ROOT$src"
-    cp -r pyproject.toml README.md dgsm_integrations docs "$SID_ROOT$src/"
+    cp -r pyproject.toml README.md dgsm_integrations docs tests "$SID_ROOT$src/"
     find "$SID_ROOT$src" -name __pycache__ -prune -exec rm -rf {} +
     if [ ! -x "$SID_ROOT$venv/bin/python" ]; then
         { chroot "$SID_ROOT" python3 -m venv "$venv" &&

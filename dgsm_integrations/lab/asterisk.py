@@ -30,7 +30,6 @@ namespace; ``stop()`` asks it to stop, then terminates and kills it (bounded).
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import os
 import re
 import shutil
@@ -48,13 +47,6 @@ from .netns import LabError, Netns
 __all__ = ["RealAsterisk", "RealAsteriskError", "render_shipped", "shipped"]
 
 REPO = Path(__file__).resolve().parents[2]
-
-
-def agi_script_in_root() -> str:
-    """This checkout's ``dgsm-agi`` in the sid root: .ci/bootstrap.sh installs each checkout
-    into a venv of its own there (``/opt/dgsm-integrations-<key>``, key from the path)."""
-    key = hashlib.sha1(str(REPO).encode()).hexdigest()[:12]  # noqa: S324 - a name, not a MAC
-    return f"/opt/dgsm-integrations-{key}/bin/dgsm-agi"
 
 
 #: What the shipped contexts use (chan_pjsip and what it needs, AGI, Dial, Log, REGEX).
@@ -189,7 +181,7 @@ class RealAsterisk:
         link = w / "agi-bin" / "dgsm-agi"
         with contextlib.suppress(FileNotFoundError):
             link.unlink()
-        script = agi_script_in_root()
+        script = f"{self.distro.project_venv}/bin/dgsm-agi"
         if not (self.root / script.lstrip("/")).exists():
             raise RealAsteriskError(f"{script} is not in the sid root: run .ci/bootstrap.sh "
                                     "(bash .ci/test does) to install this checkout there")

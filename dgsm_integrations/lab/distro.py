@@ -20,6 +20,7 @@ namespace of our own may make mount namespaces) and as root.
 from __future__ import annotations
 
 import functools
+import hashlib
 import os
 import shutil
 import subprocess
@@ -99,9 +100,27 @@ class Distro:
             text = text.split(sep, 1)[0]
         return text
 
+    @property
+    def project_venv(self) -> str:
+        """This checkout's venv inside the root, as .ci/bootstrap.sh makes it (pip-installed,
+        not editable): ``/opt/dgsm-integrations-<key>``, the key from the checkout's path, so
+        that two checkouts testing at once do not overwrite each other's install."""
+        return f"/opt/dgsm-integrations-{_checkout_key()}"
+
+    @property
+    def project_source(self) -> str:
+        """The copy of this checkout (with its tests) that was installed into the venv."""
+        return f"/opt/dgsm-src-{_checkout_key()}"
+
     def label(self, package: str) -> str:
         """``osmo-hlr-1.9.4``: a test id that names the version under test."""
         return f"{package}-{self.version(package) or self.name}"
+
+
+def _checkout_key() -> str:
+    """The same key as .ci/bootstrap.sh's ``sid_checkout_key``: sha1 of the checkout path."""
+    checkout = Path(__file__).resolve().parents[2]
+    return hashlib.sha1(str(checkout).encode()).hexdigest()[:12]  # noqa: S324 - a name
 
 
 def _status_version(status: Path, package: str) -> str:
