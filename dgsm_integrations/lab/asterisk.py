@@ -42,7 +42,7 @@ from types import TracebackType
 from typing import IO
 
 from .distro import Distro
-from .netns import LabError, Netns
+from .netns import LabError, Netns, terminate
 
 __all__ = ["RealAsterisk", "RealAsteriskError", "render_shipped", "shipped"]
 
@@ -255,12 +255,7 @@ class RealAsterisk:
             try:
                 proc.wait(5)
             except subprocess.TimeoutExpired:
-                proc.terminate()
-                try:
-                    proc.wait(5)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-                    proc.wait(5)
+                terminate(proc)
         if self._out is not None:
             self._out.close()
             self._out = None

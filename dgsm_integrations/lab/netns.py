@@ -23,7 +23,8 @@ import threading
 from collections.abc import Coroutine, Iterator, Sequence
 from typing import IO, Any, TypeVar
 
-__all__ = ["CLONE_NEWNET", "LabError", "Netns", "NsLoop", "in_private_netns", "need"]
+__all__ = ["CLONE_NEWNET", "LabError", "Netns", "NsLoop", "in_private_netns", "need",
+           "terminate"]
 
 T = TypeVar("T")
 
@@ -129,6 +130,17 @@ class Netns:
     @property
     def alive(self) -> bool:
         return self._holder.poll() is None
+
+
+def terminate(proc: subprocess.Popen[bytes], timeout: float = 5.0) -> None:
+    """End one child: SIGTERM, then SIGKILL after ``timeout``; both waits bounded."""
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout)
 
 
 def _stop(proc: subprocess.Popen[bytes]) -> None:
