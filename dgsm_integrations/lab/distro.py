@@ -67,6 +67,17 @@ class Distro:
         return ["unshare", "-m", "--propagation", "private", "sh", "-c", _MOUNT_AND_CHROOT,
                 "sh", str(self.root), tmp, *command]
 
+    def check_visible(self, path: Path) -> None:
+        """Raise LabError unless ``path`` has the same name inside the root as outside (it
+        must be under the temporary directory, the one directory bound into the root)."""
+        if self.root is None:
+            return
+        tmp = Path(os.path.realpath(tempfile.gettempdir()))
+        real = Path(os.path.realpath(path))
+        if real != tmp and tmp not in real.parents:
+            raise LabError(f"{path} is not visible inside the {self.name} root {self.root}: "
+                           f"only {tmp} is bound there; use a directory under it")
+
     def which(self, program: str) -> str | None:
         """The path of ``program`` as seen from inside (None if it is not installed)."""
         if self.root is None:

@@ -22,8 +22,9 @@ import subprocess
 import tempfile
 import time
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, Self
 
+from .distro import HOST, Distro
 from .netns import LabError, Netns, need
 
 __all__ = ["OsmoMsc", "OsmoMscError", "build_shim", "unpack_septets"]
@@ -60,7 +61,8 @@ class OsmoMsc:
                  esmes: dict[str, tuple[str, bool]] | None = None,
                  system_id: str = "MSC-VILLAGE", start_timeout: float = 10.0,
                  bind_ip: str = "127.0.0.1", hlr_ip: str = "127.0.0.1",
-                 netns: Netns | None = None, binary: str | None = None) -> None:
+                 netns: Netns | None = None, binary: str | None = None,
+                 distro: Distro = HOST) -> None:
         self.workdir = Path(workdir)
         self.smpp_port = smpp_port
         self.system_id = system_id
@@ -70,6 +72,7 @@ class OsmoMsc:
         self.bind_ip, self.hlr_ip = bind_ip, hlr_ip
         self.netns = netns
         self.binary = binary
+        self.distro = distro
         self.config_path = self.workdir / "osmo-msc.cfg"
         self.db_path = self.workdir / "sms.db"
         self.log_path = self.workdir / "osmo-msc.log"
@@ -92,13 +95,15 @@ class OsmoMsc:
             " policy closed\n smpp-first\n" + esmes)
 
     def start(self) -> None:
-        binary = self.binary or need("osmo-msc", "osmo-msc")
+        binary = self.binary or self.distro.need("osmo-msc", "osmo-msc")
         shim = build_shim()
         self.workdir.mkdir(parents=True, exist_ok=True)
+        self.distro.check_visible(self.workdir)
+        self.distro.check_visible(shim)
         self.config_path.write_text(self.config_text())
         self._log = self.log_path.open("ab")
         env = dict(os.environ, LD_PRELOAD=str(shim))
-        argv = [binary, "-c", str(self.config_path)]
+        argv = self.distro.argv([binary, "-c", str(self.config_path)])
         self._proc = subprocess.Popen(
             self.netns.argv(argv) if self.netns is not None else argv, stdin=subprocess.DEVNULL,
             stdout=self._log, stderr=subprocess.STDOUT, cwd=self.workdir, env=env)
@@ -139,7 +144,7 @@ class OsmoMsc:
     def running(self) -> bool:
         return self._proc is not None and self._proc.poll() is None
 
-    def __enter__(self) -> OsmoMsc:
+    def __enter__(self) -> Self:
         self.start()
         return self
 
