@@ -1,4 +1,5 @@
-"""The ESME against a real osmo-msc (Debian's package, started with the SCTP shim).
+"""The ESME against a real osmo-msc (started with the SCTP shim), once per Osmocom generation:
+``[osmo-msc-1.9.0]`` (Debian 12's) and ``[osmo-msc-1.16.0]`` (Debian sid's).
 
 The real osmo-msc is the destination site's SMSC: the ESME binds ISMPP to it and forwards
 with submit_sm; the test reads what osmo-msc stored in its SMS database. The deliver_sm side
@@ -24,6 +25,7 @@ import pytest
 
 from dgsm_integrations.esme.app import Esme, EsmeConfig
 from dgsm_integrations.esme.pdu import Status
+from dgsm_integrations.lab.distro import Distro
 from dgsm_integrations.lab.smsc import SmscPeer, mo_sms
 from dgsm_integrations.mslookup import AsyncResolver, Record, Responder
 
@@ -43,8 +45,8 @@ def run(coro: Awaitable[T], limit: float = 60) -> T:
 
 
 @pytest.fixture
-def msc(tmp_path: Path) -> Any:
-    with OsmoMsc(tmp_path / "msc", MSC_PORT) as real:
+def msc(tmp_path: Path, msc_distro: Distro) -> Any:
+    with OsmoMsc(tmp_path / "msc", MSC_PORT, distro=msc_distro) as real:
         yield real
 
 

@@ -35,6 +35,8 @@ __all__ = [
     "HOST",
     "Distro",
     "available",
+    "default_osmocom",
+    "osmocom_distro",
     "osmocom_distros",
     "sid_root",
 ]
@@ -147,3 +149,24 @@ def available() -> dict[str, Distro | None]:
 def osmocom_distros() -> list[Distro]:
     """Every generation present here that has osmo-hlr: the host's first."""
     return [d for d in available().values() if d is not None and d.which("osmo-hlr")]
+
+
+def default_osmocom() -> Distro:
+    """The lab's default Osmocom generation: sid's (current releases) when its root is here,
+    else this host's."""
+    sid = sid_root()
+    return sid if sid is not None and sid.which("osmo-hlr") else HOST
+
+
+def osmocom_distro(name: str) -> Distro:
+    """``host`` or ``sid``, checked: a LabError says what to do when it is not here."""
+    if name not in ("host", "sid"):
+        raise LabError(f"unknown Osmocom generation {name!r}: host (this Debian's) or sid")
+    distro = available()[name]
+    if distro is None:
+        root = os.environ.get("DGSM_SID_ROOT") or DEFAULT_SID_ROOT
+        raise LabError(f"no Debian sid root at {root}: make it with `bash .ci/test` (or "
+                       "source .ci/bootstrap.sh; provision_sid_root) as root, or set "
+                       "DGSM_SID_ROOT, or use --osmocom host")
+    distro.need("osmo-hlr", "osmo-hlr")
+    return distro

@@ -66,14 +66,15 @@ class Services:
 
     def start(self) -> Services:
         if self.real_msc is None:
-            self.real_msc = bool(shutil.which("osmo-msc") and shutil.which("gcc"))
+            self.real_msc = bool(self.lab.distro.which("osmo-msc") and shutil.which("gcc"))
         try:
             for v in self.lab:
                 real = self.real_msc and v.name != self.home
                 self.endpoints[v.name] = v.loop.run(self._endpoints(v, stand_in=not real))
                 if real:
                     msc = OsmoMsc(v.workdir / "osmo-msc", SMPP_PORT, bind_ip=v.addr,
-                                  hlr_ip=v.addr, netns=v.ns, system_id=f"MSC-{v.name}")
+                                  hlr_ip=v.addr, netns=v.ns, system_id=f"MSC-{v.name}",
+                                  distro=self.lab.distro)
                     msc.start()
                     self.endpoints[v.name].msc = msc
             self.village.loop.run(self._integrations())
