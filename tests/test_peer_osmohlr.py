@@ -27,7 +27,7 @@ import pytest
 
 from dgsm_integrations.lab.distro import Distro
 
-from .peers import require_binary
+from .peers import generations, require_binary, require_generation
 from .peers.gsup import (
     GsupMessage,
     GsupMsgType,
@@ -257,3 +257,18 @@ def test_require_binary_skips_outside_ci_and_fails_under_ci(
     monkeypatch.setenv("CI", "true")
     with pytest.raises(pytest.fail.Exception, match="under CI"):
         require_binary("osmo-mslookup-client")
+
+
+def test_a_missing_generation_skips_outside_ci_and_fails_under_ci(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
+) -> None:
+    monkeypatch.setenv("DGSM_SID_ROOT", str(tmp_path / "none"))
+    ids = [p.id for p in generations("osmo-hlr", "osmo-msc")]
+    assert ids[1] == "osmo-hlr-sid+osmo-msc-sid"  # no version to name: the generation's name
+    assert all(mark.name == "osmocom" for p in generations("osmo-hlr") for mark in p.marks)
+    monkeypatch.delenv("CI", raising=False)
+    with pytest.raises(pytest.skip.Exception, match=r"no Debian sid root at .*none"):
+        require_generation("sid", "osmo-hlr")
+    monkeypatch.setenv("CI", "true")
+    with pytest.raises(pytest.fail.Exception, match="under CI"):
+        require_generation("sid", "osmo-hlr")
