@@ -26,7 +26,8 @@ from typing import Any, TypeVar
 import pytest
 
 from dgsm_integrations.esme.app import Esme, EsmeConfig
-from dgsm_integrations.esme.pdu import Status
+from dgsm_integrations.esme.pdu import Pdu, Status
+from dgsm_integrations.esme.session import SmppConnection
 from dgsm_integrations.lab.distro import Distro
 from dgsm_integrations.lab.smsc import SmscPeer, mo_sms
 from dgsm_integrations.mslookup import AsyncResolver, Record, Responder
@@ -203,3 +204,41 @@ def test_the_sctp_shim_binds_sgs_where_configured(msc: OsmoMsc) -> None:
             time.sleep(0.02)  # polls a port: osmo-msc signals nothing when SGs is up
     assert "SGs socket bound to r=NULL<->l=0.0.0.0:29118" in msc.log_text()
     assert msc.running
+
+
+def test_osmo_msc_answers_the_esmes_enquire_link(
+        msc: OsmoMsc, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The ESME closes a link whose enquire_link goes unanswered: each generation's osmo-msc
+    must answer them. Time passes on purpose: a dozen keepalive intervals are the test."""
+    answered: list[int] = []
+    real_request = SmppConnection.request
+
+    async def counting(self: SmppConnection, command: str, timeout: float,
+                       **fields: Any) -> Pdu:
+        resp = await real_request(self, command, timeout, **fields)
+        if command == "enquire_link":
+            answered.append(resp.status)
+        return resp
+    monkeypatch.setattr(SmppConnection, "request", counting)
+
+    async def body() -> None:
+        resolver = AsyncResolver(interface=LO, port=MDNS_PORT, min_delay=0.1)
+        esme = Esme(EsmeConfig(src_host="127.0.0.1", src_port=MSC_PORT, enquire_interval=0.05,
+                               response_timeout=0.5, backoff_min=0.05, backoff_max=0.2,
+                               connect_timeout=1.0), resolver)
+        await resolver.open()
+        task = asyncio.get_running_loop().create_task(esme.run())
+        try:
+            await asyncio.wait_for(esme.osmpp.bound.wait(), 10)
+            await asyncio.sleep(0.6)  # 12 enquire_link intervals
+            assert esme.osmpp.bound.is_set() and esme.osmpp.binds == 1
+        finally:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+            await resolver.close()
+    with caplog.at_level(logging.INFO, logger="dgsm.esme"):
+        run(body())
+    assert "enquire_link failed" not in caplog.text
+    assert "lost the bind" not in caplog.text
+    assert len(answered) >= 5 and set(answered) == {Status.ROK}, answered

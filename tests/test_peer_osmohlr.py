@@ -1,7 +1,8 @@
 """The OsmoHLR test peer works: a real OsmoHLR, a real GSUP Location Updating, and the real C
 client ``osmo-mslookup-client`` as the observer (so these tests do not depend on our resolver).
 
-Facts these tests pin down (OsmoHLR 1.5.0):
+Facts these tests pin down, for OsmoHLR 1.5.0 and 1.9.4 alike unless said (each test runs
+once per generation, with that generation's osmo-mslookup-client):
 
 - ``gsup.hlr`` is answered for every provisioned subscriber, by IMSI or MSISDN, with age 0 and
   the HLR's GSUP address, whether or not it ever attached;
@@ -9,7 +10,9 @@ Facts these tests pin down (OsmoHLR 1.5.0):
   is whole seconds since that LU (0 right after it; it grows by one per wall-clock second,
   computed at query time from the database's ``last_lu_seen``);
 - a GSUP Purge MS does not stop the answers (OsmoHLR's mslookup server ignores the purged flag);
-- an unknown subscriber or an unconfigured service gets silence (``not-found``).
+- an unknown subscriber or an unconfigured service gets silence (``not-found``);
+- a LU for an IMSI no HLR knows is rejected with cause 2 by 1.5.0, cause 17 by 1.9.4;
+- 1.5.0 has fixed VTY/CTRL ports, 1.9.4 honours configured ones.
 
 Run inside a private network namespace (the suite's runner makes one).
 """
