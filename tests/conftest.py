@@ -11,6 +11,10 @@ import socket
 
 import pytest
 
+from dgsm_integrations.lab.distro import Distro
+
+from .peers import generations, require_generation
+
 LO = "127.0.0.1"
 
 
@@ -27,3 +31,23 @@ def pytest_configure(config: pytest.Config) -> None:
             f"({', '.join(foreign)}). Run the suite with `bash .ci/test`, which creates a "
             "private network namespace so that no test traffic leaves this machine."
         )
+
+
+# -- the Osmocom matrix: fixtures that run a test once per generation (tests/peers) ------------
+
+@pytest.fixture(params=generations("osmo-hlr"))
+def hlr_distro(request: pytest.FixtureRequest) -> Distro:
+    """Debian's osmo-hlr of each generation: ``[osmo-hlr-1.5.0]``, ``[osmo-hlr-1.9.4]``."""
+    return require_generation(request.param, "osmo-hlr")
+
+
+@pytest.fixture(params=generations("osmo-mslookup-utils"))
+def mslookup_utils_distro(request: pytest.FixtureRequest) -> Distro:
+    """osmo-mslookup-client of each generation."""
+    return require_generation(request.param, "osmo-mslookup-utils")
+
+
+@pytest.fixture(params=generations("osmo-msc"))
+def msc_distro(request: pytest.FixtureRequest) -> Distro:
+    """osmo-msc of each generation: ``[osmo-msc-1.9.0]``, ``[osmo-msc-1.16.0]``."""
+    return require_generation(request.param, "osmo-msc")

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 
 import pytest
 
+from dgsm_integrations.lab.distro import default_osmocom
 from dgsm_integrations.lab.network import SIP_PORT, Lab
 from dgsm_integrations.lab.pbx import PbxCall
 from dgsm_integrations.lab.services import FASTAGI_PORT, MSC_SIP, Services
@@ -87,7 +88,8 @@ class Net:
 def net(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Net]:
     require_binary("osmo-hlr")
     require_sid_root("asterisk")
-    with Lab(workdir=tmp_path_factory.mktemp("lab")) as lab, \
+    # the current stack on both sides: Asterisk 22 between sid's OsmoHLR 1.9.4s
+    with Lab(workdir=tmp_path_factory.mktemp("lab"), distro=default_osmocom()) as lab, \
             Services(lab, min_delay=MIN_DELAY, asterisk="real", real_msc=False) as s:
         yield Net(lab, s)
 

@@ -5,11 +5,14 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable
+from pathlib import Path
 from typing import TypeVar
 
 import pytest
 
 from dgsm_integrations.lab.cli import main as lab_main
+from dgsm_integrations.lab.distro import HOST, default_osmocom, osmocom_distro
+from dgsm_integrations.lab.netns import LabError
 from dgsm_integrations.lab.pbx import sip_target
 from dgsm_integrations.lab.sip import SipUas, call
 
@@ -132,8 +135,24 @@ def test_dgsm_lab_command_line(capsys: pytest.CaptureFixture[str]) -> None:
     assert exc.value.code == 0
     out = capsys.readouterr().out
     assert "dgsm-lab demo" in out and "private network" in out and "osmo-hlr" in out
-    for bad in (["demo", "--villages", "A,B"], ["demo", "--villages", "A,B,B,C"], ["fly"]):
+    assert "--osmocom" in out and "1.9.4" in out
+    for bad in (["demo", "--villages", "A,B"], ["demo", "--villages", "A,B,B,C"], ["fly"],
+                ["demo", "--osmocom", "bookworm"]):
         with pytest.raises(SystemExit) as exc:
             lab_main(bad)
         assert exc.value.code == 2, bad
     assert "--villages must name A, B and C" in capsys.readouterr().err
+
+
+def test_an_osmocom_generation_that_is_not_here_says_what_to_do(
+        monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("DGSM_SID_ROOT", str(tmp_path / "no-root"))
+    assert default_osmocom() is HOST  # the demo's default falls back to this host's
+    with pytest.raises(LabError, match=r"no Debian sid root at .*no-root.*--osmocom host"):
+        osmocom_distro("sid")
+    with pytest.raises(LabError, match="unknown Osmocom generation"):
+        osmocom_distro("bookworm")
+    (tmp_path / "no-root" / ".dgsm-root-packages").parent.mkdir()
+    (tmp_path / "no-root" / ".dgsm-root-packages").write_text("v1\n")  # a root without it
+    with pytest.raises(LabError, match="osmo-hlr not found in the sid root"):
+        osmocom_distro("sid")

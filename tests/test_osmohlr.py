@@ -1,4 +1,5 @@
-"""Our resolver against a real OsmoHLR (Debian's osmo-hlr) in the test's network namespace.
+"""Our resolver against a real OsmoHLR in the test's network namespace, once per Osmocom
+generation (``[osmo-hlr-1.5.0]`` Debian 12's, ``[osmo-hlr-1.9.4]`` Debian sid's).
 
 OsmoHLR binds its mDNS socket to the default interface; inside the test namespace that is lo
 (224.0.0.0/4 is routed there), so our resolver pinned to 127.0.0.1 hears it.
@@ -12,10 +13,10 @@ from pathlib import Path
 
 import pytest
 
+from dgsm_integrations.lab.distro import Distro
 from dgsm_integrations.mslookup import Endpoint, Outcome, Resolver
 
 from .conftest import LO
-from .peers import require_binary
 from .peers.osmohlr import OsmoHlr
 
 IMSI, MSISDN = "901700000004242", "4242"
@@ -26,9 +27,9 @@ SERVICES_B = {"sip.voice": ("10.23.43.5", 5070), "smpp.sms": ("10.23.43.6", 2776
 
 
 @pytest.fixture
-def hlr(tmp_path: Path) -> Iterator[OsmoHlr]:
-    require_binary("osmo-hlr")
-    peer = OsmoHlr(tmp_path / "hlr", services=SERVICES_A, client_timeout_ms=100)
+def hlr(tmp_path: Path, hlr_distro: Distro) -> Iterator[OsmoHlr]:
+    peer = OsmoHlr(tmp_path / "hlr", services=SERVICES_A, client_timeout_ms=100,
+                   distro=hlr_distro)
     with peer:
         peer.create_subscriber(IMSI, MSISDN)
         yield peer
@@ -81,11 +82,12 @@ def test_silence_for_unknown_and_unattached(hlr: OsmoHlr, resolver: Resolver) ->
     assert resolver.resolve(f"sip.voice.{MSISDN}.msisdn").outcome is Outcome.NOT_FOUND
 
 
-def test_two_villages_the_younger_record_wins(tmp_path: Path, resolver: Resolver) -> None:
-    require_binary("osmo-hlr")
-    with OsmoHlr(tmp_path / "a", services=SERVICES_A, client_timeout_ms=100) as a, \
+def test_two_villages_the_younger_record_wins(tmp_path: Path, resolver: Resolver,
+                                              hlr_distro: Distro) -> None:
+    with OsmoHlr(tmp_path / "a", services=SERVICES_A, client_timeout_ms=100,
+                 distro=hlr_distro) as a, \
             OsmoHlr(tmp_path / "b", services=SERVICES_B, bind_ip="127.0.0.2",
-                    client_timeout_ms=100) as b:
+                    client_timeout_ms=100, distro=hlr_distro) as b:
         for hlr in (a, b):
             hlr.create_subscriber(IMSI, MSISDN)
             hlr.location_update(IMSI)

@@ -1,7 +1,8 @@
 """The OsmoHLR test peer works: a real OsmoHLR, a real GSUP Location Updating, and the real C
 client ``osmo-mslookup-client`` as the observer (so these tests do not depend on our resolver).
 
-Facts these tests pin down (OsmoHLR 1.5.0):
+Facts these tests pin down, for OsmoHLR 1.5.0 and 1.9.4 alike unless said (each test runs
+once per generation, with that generation's osmo-mslookup-client):
 
 - ``gsup.hlr`` is answered for every provisioned subscriber, by IMSI or MSISDN, with age 0 and
   the HLR's GSUP address, whether or not it ever attached;
@@ -9,7 +10,9 @@ Facts these tests pin down (OsmoHLR 1.5.0):
   is whole seconds since that LU (0 right after it; it grows by one per wall-clock second,
   computed at query time from the database's ``last_lu_seen``);
 - a GSUP Purge MS does not stop the answers (OsmoHLR's mslookup server ignores the purged flag);
-- an unknown subscriber or an unconfigured service gets silence (``not-found``).
+- an unknown subscriber or an unconfigured service gets silence (``not-found``);
+- a LU for an IMSI no HLR knows is rejected with cause 2 by 1.5.0, cause 17 by 1.9.4;
+- 1.5.0 has fixed VTY/CTRL ports, 1.9.4 honours configured ones.
 
 Run inside a private network namespace (the suite's runner makes one).
 """
@@ -25,7 +28,9 @@ from typing import Any
 
 import pytest
 
-from .peers import require_binary
+from dgsm_integrations.lab.distro import Distro
+
+from .peers import generations, require_binary, require_generation
 from .peers.gsup import (
     GsupMessage,
     GsupMsgType,
@@ -47,9 +52,10 @@ SERVICES = {"sip.voice": ("10.23.42.5", 5060), "smpp.sms": ("10.23.42.6", 2775)}
 
 
 @pytest.fixture
-def hlr(tmp_path: Path) -> Iterator[OsmoHlr]:
-    require_binary("osmo-mslookup-client")
-    peer = OsmoHlr(tmp_path / "hlr", services=SERVICES, client_timeout_ms=100)
+def hlr(tmp_path: Path, hlr_distro: Distro) -> Iterator[OsmoHlr]:
+    require_binary("osmo-mslookup-client", hlr_distro)  # the observer, of the same generation
+    peer = OsmoHlr(tmp_path / "hlr", services=SERVICES, client_timeout_ms=100,
+                   distro=hlr_distro)
     with peer:
         peer.create_subscriber(IMSI, MSISDN)
         yield peer
@@ -66,10 +72,11 @@ def mslookup(hlr: OsmoHlr, query: str, *, min_delay_ms: int = 200,
     ``"last": false`` and a final ``"result": "none"`` line follows at the timeout. Silence
     gives one ``"result": "not-found"`` line. We return the first ``result`` line, else the last.
     """
-    binary = require_binary("osmo-mslookup-client")
+    binary = require_binary("osmo-mslookup-client", hlr.distro)
     proc = subprocess.run(
-        [binary, "-f", "json", "-t", str(min_delay_ms), "-T", str(timeout_ms),
-         "-m", hlr.mdns_group, "-M", str(hlr.mdns_port), "-D", hlr.suffix, query],
+        hlr.distro.argv([binary, "-f", "json", "-t", str(min_delay_ms), "-T", str(timeout_ms),
+                         "-m", hlr.mdns_group, "-M", str(hlr.mdns_port), "-D", hlr.suffix,
+                         query]),
         capture_output=True, text=True, timeout=10, check=False,
     )
     lines = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
@@ -169,24 +176,46 @@ def test_purge_ms_does_not_stop_the_answers(hlr: OsmoHlr) -> None:
 
 
 def test_location_update_for_an_unknown_imsi_is_rejected(hlr: OsmoHlr) -> None:
+    """An IMSI no HLR knows: OsmoHLR defers the LU, asks the network for its home HLR
+    (``gsup.hlr``), hears nothing within the client timeout and rejects it. 1.5.0 says
+    "IMSI unknown in HLR" (cause 2); 1.9.4 says "network failure" (cause 17), so a phone
+    treats it as temporary and tries again instead of giving up (measured)."""
+    started = time.monotonic()
     with pytest.raises(GsupRejected) as info:
         hlr.location_update(OTHER_IMSI)
-    assert info.value.cause == 2  # IMSI unknown in HLR
+    want = 2 if _release(hlr.distro.version("osmo-hlr")) < (1, 9) else 17
+    assert info.value.cause == want
+    assert time.monotonic() - started >= (hlr.client_timeout_ms or 0) / 1000  # it asked, and waited
     assert mslookup(hlr, f"sip.voice.{OTHER_IMSI}.imsi")["result"] == "not-found"
 
 
 # -- the peer's own plumbing ----------------------------------------------------------------
 
 
-def test_a_port_this_osmo_hlr_ignores_is_reported_at_once(tmp_path: Path) -> None:
-    require_binary("osmo-hlr")
-    started = time.monotonic()
-    try:
-        with OsmoHlr(tmp_path / "hlr", vty_port=4300) as peer:
-            assert peer.vty("show version")  # OsmoHLR >= 1.6 honours the port
-    except OsmoHlrError as exc:
-        assert "ignores the configured VTY port 4300" in str(exc)  # OsmoHLR 1.5.x
+def test_configured_vty_and_ctrl_ports_per_generation(tmp_path: Path,
+                                                     hlr_distro: Distro) -> None:
+    """OsmoHLR 1.5.0 ignores the VTY port in its config (4258 is fixed): the peer says so at
+    once instead of timing out; it refuses a CTRL ``bind IP PORT`` line and exits, and the
+    peer says what that needs. 1.9.4 honours both (measured)."""
+    version = hlr_distro.version("osmo-hlr")
+    if _release(version) < (1, 9):
+        started = time.monotonic()
+        peer = OsmoHlr(tmp_path / "vty", vty_port=4300, distro=hlr_distro)
+        with pytest.raises(OsmoHlrError, match="ignores the configured VTY port 4300"):
+            peer.start()
+        peer = OsmoHlr(tmp_path / "ctrl", ctrl_port=4301, distro=hlr_distro)
+        with pytest.raises(OsmoHlrError, match="non-default VTY/CTRL ports need"):
+            peer.start()
         assert time.monotonic() - started < 5
+        assert not peer.running
+        return
+    with OsmoHlr(tmp_path / "hlr", vty_port=4300, ctrl_port=4301, distro=hlr_distro) as peer:
+        assert peer.vty("show version")[0].startswith(f"OsmoHLR {version}")
+        assert "CTRL at 127.0.0.1 4301" in peer.log_text()
+
+
+def _release(version: str) -> tuple[int, ...]:
+    return tuple(int(part) for part in version.split(".")[:2])
 
 
 def test_gsup_port_cannot_be_configured(tmp_path: Path) -> None:
@@ -231,3 +260,18 @@ def test_require_binary_skips_outside_ci_and_fails_under_ci(
     monkeypatch.setenv("CI", "true")
     with pytest.raises(pytest.fail.Exception, match="under CI"):
         require_binary("osmo-mslookup-client")
+
+
+def test_a_missing_generation_skips_outside_ci_and_fails_under_ci(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
+) -> None:
+    monkeypatch.setenv("DGSM_SID_ROOT", str(tmp_path / "none"))
+    ids = [p.id for p in generations("osmo-hlr", "osmo-msc")]
+    assert ids[1] == "osmo-hlr-sid+osmo-msc-sid"  # no version to name: the generation's name
+    assert all(mark.name == "osmocom" for p in generations("osmo-hlr") for mark in p.marks)
+    monkeypatch.delenv("CI", raising=False)
+    with pytest.raises(pytest.skip.Exception, match=r"no Debian sid root at .*none"):
+        require_generation("sid", "osmo-hlr")
+    monkeypatch.setenv("CI", "true")
+    with pytest.raises(pytest.fail.Exception, match="under CI"):
+        require_generation("sid", "osmo-hlr")

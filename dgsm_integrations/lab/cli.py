@@ -12,6 +12,7 @@ import sys
 import threading
 from types import FrameType
 
+from .distro import default_osmocom, osmocom_distro
 from .netns import LabError, in_private_netns
 from .network import Lab
 
@@ -19,10 +20,11 @@ __all__ = ["main"]
 
 DESCRIPTION = """\
 Build a small D-GSM network on this machine and use it: villages in network namespaces, each
-with its own address and a real OsmoHLR (Debian's osmo-hlr), joined by a backhaul bridge;
-SIP and SMPP endpoints in every village; our FreeSWITCH, Asterisk and ESME integrations in
-village B. Nothing touches this host's interfaces: dgsm-lab runs itself in a private network
-namespace (unshare -rn, or unshare -n as root), and everything is gone when it exits.
+with its own address and a real OsmoHLR (Debian's osmo-hlr: sid's 1.9.4 or this host's, see
+--osmocom), joined by a backhaul bridge; SIP and SMPP endpoints in every village; our
+FreeSWITCH, Asterisk and ESME integrations in village B. Nothing touches this host's
+interfaces: dgsm-lab runs itself in a private network namespace (unshare -rn, or unshare -n
+as root), and everything is gone when it exits.
 
 commands:
   demo   tell the story: Alice roams to C, Bob at B calls her and texts her, C's link turns
@@ -35,9 +37,10 @@ examples:
   dgsm-lab demo
   dgsm-lab demo --keep          (then explore; Ctrl-C tears it down)
   dgsm-lab up --villages A,B,C,D
+  dgsm-lab demo --osmocom host  (Debian 12's osmo-hlr 1.5.0 / osmo-msc 1.9.0)
 
-needs: osmo-hlr (apt-get install osmo-hlr), iproute2, util-linux, nftables; user namespaces
-(sysctl kernel.unprivileged_userns_clone=1) or root."""
+needs: osmo-hlr (apt-get install osmo-hlr, or the sid root), iproute2, util-linux, nftables;
+user namespaces (sysctl kernel.unprivileged_userns_clone=1) or root."""
 
 MARK = "DGSM_LAB_NETNS"
 
@@ -99,11 +102,14 @@ def _keep_up(lab: Lab) -> None:
     _wait_for_interrupt()
 
 
-def _up(villages: list[str]) -> int:
+def _up(villages: list[str], osmocom: str) -> int:
     from .demo import ALICE, BOB
     from .services import Services
 
-    with Lab(villages) as lab, Services(lab):
+    distro = osmocom_distro(osmocom)
+    print(f"Osmocom: osmo-hlr {distro.version('osmo-hlr')}, osmo-msc "
+          f"{distro.version('osmo-msc') or 'not installed'} ({distro.name})")
+    with Lab(villages, distro=distro) as lab, Services(lab):
         lab["A"].provision(*ALICE)
         lab["B"].provision(*BOB)
         lab["C"].attach(ALICE[0])
@@ -128,6 +134,11 @@ def main(argv: list[str] | None = None) -> int:
                         "A, B and C, where the story happens; more villages join the network")
     parser.add_argument("--keep", action="store_true",
                         help="demo: leave the network up afterwards, until Ctrl-C")
+    parser.add_argument("--osmocom", choices=("host", "sid"), default=None,
+                        help="which Osmocom generation runs in the villages: host (this "
+                        "Debian's packages: osmo-hlr 1.5.0 / osmo-msc 1.9.0 on Debian 12) or "
+                        "sid (osmo-hlr 1.9.4 / osmo-msc 1.16.0 from the Debian sid root "
+                        ".ci/bootstrap.sh makes); default: sid when that root exists, else host")
     args = parser.parse_args(argv)
     villages = [v.strip() for v in args.villages.split(",") if v.strip()]
     if not {"A", "B", "C"} <= set(villages) or len(set(villages)) != len(villages):
@@ -137,10 +148,12 @@ def main(argv: list[str] | None = None) -> int:
         if not in_private_netns():
             _reexec_private()
         signal.signal(signal.SIGTERM, _on_term)
+        osmocom = args.osmocom or default_osmocom().name
         if args.command == "up":
-            return _up(villages)
+            return _up(villages, osmocom)
         from .demo import run_demo
-        return run_demo(villages, keep=args.keep, cheat_sheet=_keep_up)
+        return run_demo(villages, keep=args.keep, cheat_sheet=_keep_up,
+                        distro=osmocom_distro(osmocom))
     except LabError as exc:
         print(f"dgsm-lab: {exc}", file=sys.stderr)
         return 2

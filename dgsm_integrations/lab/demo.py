@@ -13,6 +13,7 @@ import time
 from collections.abc import Callable
 
 from ..mslookup import AnswerTrace, Result
+from .distro import Distro, default_osmocom
 from .network import Lab
 from .services import Services
 
@@ -102,14 +103,21 @@ class _Story:
                       else ""))
 
 
+def _whose(distro: Distro) -> str:
+    return "this host's" if distro.root is None else f"Debian {distro.name}'s"
+
+
 def run_demo(villages: list[str] | None = None, keep: bool = False,
-             cheat_sheet: Callable[[Lab], None] | None = None) -> int:
+             cheat_sheet: Callable[[Lab], None] | None = None,
+             distro: Distro | None = None) -> int:
     names = villages or ["A", "B", "C"]
+    distro = distro or default_osmocom()
     t_start = time.monotonic()
     print(_bold("D-GSM, the village lab"))
     print("Each village below is a network namespace on this machine with its own address and a")
-    print("real OsmoHLR (Debian's osmo-hlr, D-GSM enabled); they share one backhaul bridge.")
-    with Lab(names) as lab:
+    print(f"real OsmoHLR {distro.version('osmo-hlr')} ({_whose(distro)} osmo-hlr, "
+          "D-GSM enabled); they share one backhaul bridge.")
+    with Lab(names, distro=distro) as lab:
         for v in lab:
             print(f"   village {v.name}: {v.addr}  OsmoHLR HLR-{v.name}, SIP {v.addr}:5060, "
                   f"SMPP {v.addr}:2775")
@@ -124,7 +132,10 @@ def run_demo(villages: list[str] | None = None, keep: bool = False,
             else:
                 print("   Asterisk is played by its AGI protocol peer (no Debian sid root here: "
                       "sudo bash .ci/test makes one)")
-            print(f"   SMSCs: A and C {s.smsc_kind('C')}, B a stand-in OsmoMSC that sends "
+            kind = s.smsc_kind("C")
+            if kind == "osmo-msc":
+                kind += f" {distro.version('osmo-msc')}"
+            print(f"   SMSCs: A and C {kind}, B a stand-in OsmoMSC that sends "
                   "deliver_sm as if its phones did")
             st.step("Alice's home is A, Bob's is B (provisioned over each OsmoHLR's VTY)")
             lab["A"].provision(*ALICE)

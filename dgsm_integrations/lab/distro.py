@@ -36,6 +36,8 @@ __all__ = [
     "HOST",
     "Distro",
     "available",
+    "default_osmocom",
+    "osmocom_distro",
     "osmocom_distros",
     "sid_root",
 ]
@@ -67,6 +69,17 @@ class Distro:
         tmp = os.path.realpath(tempfile.gettempdir())
         return ["unshare", "-m", "--propagation", "private", "sh", "-c", _MOUNT_AND_CHROOT,
                 "sh", str(self.root), tmp, *command]
+
+    def check_visible(self, path: Path) -> None:
+        """Raise LabError unless ``path`` has the same name inside the root as outside (it
+        must be under the temporary directory, the one directory bound into the root)."""
+        if self.root is None:
+            return
+        tmp = Path(os.path.realpath(tempfile.gettempdir()))
+        real = Path(os.path.realpath(path))
+        if real != tmp and tmp not in real.parents:
+            raise LabError(f"{path} is not visible inside the {self.name} root {self.root}: "
+                           f"only {tmp} is bound there; use a directory under it")
 
     def which(self, program: str) -> str | None:
         """The path of ``program`` as seen from inside (None if it is not installed)."""
@@ -155,3 +168,24 @@ def available() -> dict[str, Distro | None]:
 def osmocom_distros() -> list[Distro]:
     """Every generation present here that has osmo-hlr: the host's first."""
     return [d for d in available().values() if d is not None and d.which("osmo-hlr")]
+
+
+def default_osmocom() -> Distro:
+    """The lab's default Osmocom generation: sid's (current releases) when its root is here,
+    else this host's."""
+    sid = sid_root()
+    return sid if sid is not None and sid.which("osmo-hlr") else HOST
+
+
+def osmocom_distro(name: str) -> Distro:
+    """``host`` or ``sid``, checked: a LabError says what to do when it is not here."""
+    if name not in ("host", "sid"):
+        raise LabError(f"unknown Osmocom generation {name!r}: host (this Debian's) or sid")
+    distro = available()[name]
+    if distro is None:
+        root = os.environ.get("DGSM_SID_ROOT") or DEFAULT_SID_ROOT
+        raise LabError(f"no Debian sid root at {root}: make it with `bash .ci/test` (or "
+                       "source .ci/bootstrap.sh; provision_sid_root) as root, or set "
+                       "DGSM_SID_ROOT, or use --osmocom host")
+    distro.need("osmo-hlr", "osmo-hlr")
+    return distro

@@ -14,11 +14,13 @@ namespace (``unshare -rn``; ``ip link set lo up; ip route add 224.0.0.0/4 dev lo
 a lab village's :class:`~.netns.Netns` (``netns=``): it then runs there, and every connection
 to it (VTY, CTRL, GSUP) is made from inside that namespace.
 
-Port facts for OsmoHLR 1.5.0: the GSUP port is always 4222, and 1.5.0 also ignores any VTY/CTRL
-port in its config (4258/4259 are fixed; later releases read ``line vty``/``ctrl`` ``bind IP
-PORT``). Several OsmoHLRs in one namespace therefore need different ``bind_ip`` addresses
-(127.0.0.2, ...), not different ports. A port the binary does not honour is reported at start-up
-instead of timing out.
+``distro=`` picks the generation: Debian 12's osmo-hlr 1.5.0 (the default, :data:`.distro.HOST`)
+or Debian sid's 1.9.4 (:func:`.distro.sid_root`, run through chroot); the config below is
+accepted by both. Port facts (measured): the GSUP port is always 4222; 1.5.0 ignores a VTY port
+in its config (4258 is fixed) and refuses a CTRL ``bind IP PORT`` line, while 1.9.4 honours
+both. Several OsmoHLRs in one namespace therefore need different ``bind_ip`` addresses
+(127.0.0.2, ...) on 1.5.0, not different ports. A port the binary does not honour is reported
+at start-up instead of timing out.
 """
 
 from __future__ import annotations
@@ -33,10 +35,11 @@ import time
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from types import MappingProxyType, TracebackType
-from typing import IO
+from typing import IO, Self
 
+from .distro import HOST, Distro
 from .gsup import DEFAULT_UNIT_NAME, GSUP_PORT, CnDomain, GsupClient, LocationUpdateResult
-from .netns import LabError, Netns, need
+from .netns import LabError, Netns
 
 __all__ = [
     "DEFAULT_SERVICES",
@@ -133,6 +136,7 @@ class OsmoHlr:
         client_timeout_ms: int | None = None,
         binary: str | None = None,
         netns: Netns | None = None,
+        distro: Distro = HOST,
         start_timeout: float = 10.0,
         stop_timeout: float = 5.0,
         command_timeout: float = 5.0,
@@ -171,6 +175,7 @@ class OsmoHlr:
         self.client_timeout_ms = client_timeout_ms
         self.binary = binary
         self.netns = netns
+        self.distro = distro
         self.start_timeout = start_timeout
         self.stop_timeout = stop_timeout
         self.command_timeout = command_timeout
@@ -184,7 +189,7 @@ class OsmoHlr:
     # -- life cycle ---------------------------------------------------------------------
 
     def config_text(self) -> str:
-        """The osmo-hlr.cfg this peer writes (VTY syntax of OsmoHLR 1.5.0)."""
+        """The osmo-hlr.cfg this peer writes (VTY syntax of OsmoHLR 1.5.0, also 1.9.4's)."""
         vty_bind = self.bind_ip if self.vty_port == VTY_PORT else f"{self.bind_ip} {self.vty_port}"
         ctrl_bind = (self.bind_ip if self.ctrl_port == CTRL_PORT
                      else f"{self.bind_ip} {self.ctrl_port}")
@@ -227,12 +232,14 @@ class OsmoHlr:
     def start(self) -> None:
         if self._proc is not None:
             raise OsmoHlrError("already started")
-        binary = self.binary or need("osmo-hlr", "osmo-hlr")
+        binary = self.binary or self.distro.need("osmo-hlr", "osmo-hlr")
         self.workdir.mkdir(parents=True, exist_ok=True)
+        self.distro.check_visible(self.workdir)
         self.config_path.write_text(self.config_text())
         self._log_file = self.log_path.open("wb")
         try:
-            argv = [binary, "-c", str(self.config_path), "-l", str(self.db_path)]
+            argv = self.distro.argv(
+                [binary, "-c", str(self.config_path), "-l", str(self.db_path)])
             self._proc = subprocess.Popen(
                 self.netns.argv(argv) if self.netns is not None else argv,
                 cwd=self.workdir,
@@ -261,7 +268,7 @@ class OsmoHlr:
                 self._log_file.close()
                 self._log_file = None
 
-    def __enter__(self) -> OsmoHlr:
+    def __enter__(self) -> Self:
         self.start()
         return self
 
@@ -295,8 +302,8 @@ class OsmoHlr:
             if rc is not None:
                 hint = ""
                 if (self.vty_port, self.ctrl_port) != (VTY_PORT, CTRL_PORT):
-                    hint = (" (non-default VTY/CTRL ports need OsmoHLR >= 1.6 with a libosmocore "
-                            "that accepts 'bind IP PORT')")
+                    hint = (" (non-default VTY/CTRL ports need an OsmoHLR that accepts "
+                            "'bind IP PORT': 1.9.4 does, 1.5.0 does not)")
                 raise OsmoHlrError(f"osmo-hlr exited with status {rc} during start-up{hint}"
                                    f"{self._log_tail()}")
             self._check_bound_ports()
@@ -324,7 +331,7 @@ class OsmoHlr:
             if match and int(match.group(2)) != port:
                 raise OsmoHlrError(
                     f"this osmo-hlr ignores the configured {what} port {port} and bound "
-                    f"{match.group(1)} {match.group(2)} (OsmoHLR < 1.6 has fixed ports); use "
+                    f"{match.group(1)} {match.group(2)} (OsmoHLR 1.5.0 has fixed ports); use "
                     f"another bind_ip or network namespace instead{self._log_tail()}")
 
     # -- debugging ----------------------------------------------------------------------

@@ -1,15 +1,20 @@
 """A real ``osmo-msc`` (Debian's package): a village's SMSC in the lab, the ESME's peer in tests.
 
-osmo-msc 1.9 exits at start on a kernel without SCTP ("Starting SGs server failed"): its SGs
-server and its M3UA client open SCTP sockets. :func:`build_shim` compiles ``nosctp.c`` (an
-LD_PRELOAD shim of ours, next to this file) with gcc into a temporary directory, once per test
-session; it turns SCTP sockets into TCP ones and SCTP socket options into no-ops, so osmo-msc
-starts. Nothing the tests use goes over SGs or the A interface: they speak SMPP to it and read
-its SMS database (``sms-database``, SQLite).
+``distro=`` picks the generation: this host's (Debian 12: osmo-msc 1.9.0) or the Debian sid
+root's (1.16.0, run through chroot); the config below is accepted by both.
+
+osmo-msc 1.9.0 exits at start on a kernel without SCTP ("Starting SGs server failed", exit 9):
+its SGs server and its M3UA client open SCTP sockets (1.16.0 logs the same failure and keeps
+running). :func:`build_shim` compiles ``nosctp.c`` (an LD_PRELOAD shim of ours, next to this
+file) with this host's gcc into a temporary directory, once per process; it turns SCTP sockets
+into TCP ones, libsctp's bindx/connectx into bind/connect to the first address and other SCTP
+socket options into no-ops, so osmo-msc starts and SGs listens where configured (0.0.0.0:29118),
+in both generations. Nothing the tests use goes over SGs or the A interface: they speak SMPP to
+it and read its SMS database (``sms-database``, SQLite).
 
 Without an STP or an HLR osmo-msc keeps running: it retries its M3UA and GSUP connections in
 the background. It must run inside a private network namespace (its VTY, CTRL and SGs ports
-are fixed: 4254, 4255, 29118), or in a lab village (``netns=``); the SMPP port is ours.
+are fixed here: 4254, 4255, 29118), or in a lab village (``netns=``); the SMPP port is ours.
 """
 
 from __future__ import annotations
@@ -22,8 +27,9 @@ import subprocess
 import tempfile
 import time
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, Self
 
+from .distro import HOST, Distro
 from .netns import LabError, Netns, need
 
 __all__ = ["OsmoMsc", "OsmoMscError", "build_shim", "unpack_septets"]
@@ -43,8 +49,11 @@ def build_shim() -> Path:
         return cached
     gcc = need("gcc", "gcc")
     out = Path(tempfile.mkdtemp(prefix="dgsm-nosctp-")) / "nosctp.so"
-    subprocess.run([gcc, "-shared", "-fPIC", "-O2", "-o", str(out), str(SHIM_SOURCE), "-ldl"],
-                   check=True, capture_output=True, timeout=60)
+    proc = subprocess.run([gcc, "-shared", "-fPIC", "-O2", "-o", str(out), str(SHIM_SOURCE),
+                           "-ldl"], check=False, capture_output=True, text=True, timeout=60)
+    if proc.returncode != 0:
+        raise OsmoMscError(f"compiling the SCTP shim {SHIM_SOURCE} failed (gcc exit "
+                           f"{proc.returncode}; is libc6-dev installed?):\n{proc.stderr[-2000:]}")
     _shim_cache["so"] = out
     return out
 
@@ -60,7 +69,8 @@ class OsmoMsc:
                  esmes: dict[str, tuple[str, bool]] | None = None,
                  system_id: str = "MSC-VILLAGE", start_timeout: float = 10.0,
                  bind_ip: str = "127.0.0.1", hlr_ip: str = "127.0.0.1",
-                 netns: Netns | None = None, binary: str | None = None) -> None:
+                 netns: Netns | None = None, binary: str | None = None,
+                 distro: Distro = HOST) -> None:
         self.workdir = Path(workdir)
         self.smpp_port = smpp_port
         self.system_id = system_id
@@ -70,6 +80,7 @@ class OsmoMsc:
         self.bind_ip, self.hlr_ip = bind_ip, hlr_ip
         self.netns = netns
         self.binary = binary
+        self.distro = distro
         self.config_path = self.workdir / "osmo-msc.cfg"
         self.db_path = self.workdir / "sms.db"
         self.log_path = self.workdir / "osmo-msc.log"
@@ -92,13 +103,15 @@ class OsmoMsc:
             " policy closed\n smpp-first\n" + esmes)
 
     def start(self) -> None:
-        binary = self.binary or need("osmo-msc", "osmo-msc")
+        binary = self.binary or self.distro.need("osmo-msc", "osmo-msc")
         shim = build_shim()
         self.workdir.mkdir(parents=True, exist_ok=True)
+        self.distro.check_visible(self.workdir)
+        self.distro.check_visible(shim)
         self.config_path.write_text(self.config_text())
         self._log = self.log_path.open("ab")
         env = dict(os.environ, LD_PRELOAD=str(shim))
-        argv = [binary, "-c", str(self.config_path)]
+        argv = self.distro.argv([binary, "-c", str(self.config_path)])
         self._proc = subprocess.Popen(
             self.netns.argv(argv) if self.netns is not None else argv, stdin=subprocess.DEVNULL,
             stdout=self._log, stderr=subprocess.STDOUT, cwd=self.workdir, env=env)
@@ -139,12 +152,19 @@ class OsmoMsc:
     def running(self) -> bool:
         return self._proc is not None and self._proc.poll() is None
 
-    def __enter__(self) -> OsmoMsc:
+    def __enter__(self) -> Self:
         self.start()
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+    def log_text(self) -> str:
+        """Everything osmo-msc logged so far."""
+        try:
+            return self.log_path.read_text(errors="replace")
+        except OSError:
+            return ""
 
     def log_tail(self, lines: int = 30) -> str:
         try:

@@ -92,7 +92,7 @@ class Services:
 
     def start(self) -> Services:
         if self.real_msc is None:
-            self.real_msc = bool(shutil.which("osmo-msc") and shutil.which("gcc"))
+            self.real_msc = bool(self.lab.distro.which("osmo-msc") and shutil.which("gcc"))
         sid = sid_root()
         if self.asterisk is None:
             self.asterisk = "real" if sid is not None and sid.which("asterisk") else "peer"
@@ -107,7 +107,8 @@ class Services:
                     self._endpoints(v, stand_in=not real, sip_at=sip_at))
                 if real:
                     msc = OsmoMsc(v.workdir / "osmo-msc", SMPP_PORT, bind_ip=v.addr,
-                                  hlr_ip=v.addr, netns=v.ns, system_id=f"MSC-{v.name}")
+                                  hlr_ip=v.addr, netns=v.ns, system_id=f"MSC-{v.name}",
+                                  distro=self.lab.distro)
                     msc.start()
                     self.endpoints[v.name].msc = msc
             self.village.loop.run(self._integrations())

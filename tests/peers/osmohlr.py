@@ -16,5 +16,5 @@ OsmoHlrError = _lab.OsmoHlrError
 class OsmoHlr(_lab.OsmoHlr):
     def start(self) -> None:
         if self.binary is None:
-            self.binary = require_binary("osmo-hlr")
+            self.binary = require_binary("osmo-hlr", self.distro)
         super().start()

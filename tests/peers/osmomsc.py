@@ -17,5 +17,5 @@ class OsmoMsc(_lab.OsmoMsc):
     def start(self) -> None:
         require_binary("gcc")
         if self.binary is None:
-            self.binary = require_binary("osmo-msc")
+            self.binary = require_binary("osmo-msc", self.distro)
         super().start()
