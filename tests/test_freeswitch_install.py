@@ -171,3 +171,26 @@ def test_a_venv_of_another_python_is_named(prefix: Path, tmp_path: Path) -> None
     line = str(entries[0][1])
     here = f"{sys.version_info[0]}.{sys.version_info[1]}"
     assert f"was made with python3.99, but FreeSWITCH runs Python {here}" in line
+
+
+def test_the_shipped_dialplan_ends_every_path_and_matches_the_defaults() -> None:
+    """Both ways in the one extension, chosen by dgsm_way; the socket action names the ESL
+    server's default address; every path ends with an explicit hangup fallback."""
+    from xml.etree import ElementTree
+
+    from dgsm_integrations.freeswitch.config import Config
+
+    root = ElementTree.parse(ROOT / "freeswitch" / "dialplan" / "public.xml").getroot()
+    assert root.tag == "include"
+    [ext] = root.findall("extension")
+    first, way = ext.findall("condition")
+    assert (first.get("field"), first.get("expression")) == ("destination_number", "^.+$")
+    assert (way.get("field"), way.get("expression")) == ("${dgsm_way}", "^python$")
+    actions = [(a.tag, a.get("application"), a.get("data")) for a in way]
+    defaults = Config()
+    assert actions == [
+        ("action", "python", "freeswitch_dialplan_dgsm"),
+        ("action", "hangup", defaults.cause_error),
+        ("anti-action", "socket", f"{defaults.listen}:{defaults.listen_port} async full"),
+        ("anti-action", "hangup", defaults.cause_error),
+    ]
