@@ -23,6 +23,8 @@ from typing import cast
 __all__ = ["CallResult", "Invite", "SipUas", "call"]
 
 _USER = re.compile(r"[0-9]{1,15}")
+#: What ``call(..., any_user=True)`` may dial: RFC 3261 user-part characters (hostile tests).
+_ANY_USER = re.compile(r"[A-Za-z0-9\-_.!~*'()&=+$,;?/%]{1,64}")
 _REQUEST = re.compile(r"([A-Z]+) sip:([^@ ;>]+)@([^ ;>]+) SIP/2\.0")
 _STATUS = re.compile(r"SIP/2\.0 ([1-6][0-9]{2}) (.*)")
 MAX_DATAGRAM = 4096
@@ -174,9 +176,15 @@ class _Uac(asyncio.DatagramProtocol):
 
 
 async def call(user: str, host: str, port: int, *, caller: str = "1000",
-               timeout: float = 8.0) -> CallResult:
-    """Call ``sip:user@host:port`` from a fresh local UDP port; ACK and BYE as a phone would."""
-    if not _USER.fullmatch(user):
+               timeout: float = 8.0, offer_sdp: bool = False,
+               any_user: bool = False) -> CallResult:
+    """Call ``sip:user@host:port`` from a fresh local UDP port; ACK and BYE as a phone would.
+
+    ``offer_sdp``: put an audio offer (PCMU) in the INVITE, as phones do (FreeSWITCH hangs up
+    an INVITE without SDP unless its profile enables 3pcc). ``any_user``: dial any RFC 3261
+    user part, not only an MSISDN (to test hostile destinations).
+    """
+    if not (_ANY_USER if any_user else _USER).fullmatch(user):
         raise ValueError(f"not an MSISDN: {user!r}")
     loop = asyncio.get_running_loop()
     call_id = secrets.token_hex(8)
@@ -189,9 +197,12 @@ async def call(user: str, host: str, port: int, *, caller: str = "1000",
     base = (f"Via: SIP/2.0/UDP {local_host}:{local_port};branch={branch}\r\n"
             f"From: <sip:{caller}@{local_host}>;tag={tag}\r\n"
             f"To: <sip:{user}@{host}>\r\nCall-ID: {call_id}\r\n")
+    sdp = (f"v=0\r\no=lab 1 1 IN IP4 {local_host}\r\ns=-\r\nc=IN IP4 {local_host}\r\n"
+           "t=0 0\r\nm=audio 4002 RTP/AVP 0\r\na=rtpmap:0 PCMU/8000\r\n") if offer_sdp else ""
     invite = (f"INVITE sip:{user}@{host}:{port} SIP/2.0\r\n{base}CSeq: 1 INVITE\r\n"
               f"Contact: <sip:{caller}@{local_host}:{local_port}>\r\nMax-Forwards: 70\r\n"
-              "Content-Length: 0\r\n\r\n").encode()
+              + ("Content-Type: application/sdp\r\n" if sdp else "")
+              + f"Content-Length: {len(sdp)}\r\n\r\n{sdp}").encode()
     result = CallResult()
     start = loop.time()
     try:
