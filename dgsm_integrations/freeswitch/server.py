@@ -96,6 +96,7 @@ class _Conn:
         self.completed = asyncio.Event()
         self.hangup_cause: str | None = None
         self.hangup_seen = asyncio.Event()  # a CHANNEL_HANGUP event, or the socket is done
+        self.waited = 0.0  # seconds spent waiting for FreeSWITCH's replies
 
     async def pump(self) -> None:
         try:
@@ -152,7 +153,12 @@ class _Conn:
         await self.writer.drain()
 
     async def reply(self, what: str) -> Message:
-        item = await self.replies.get()
+        loop = asyncio.get_running_loop()
+        t0 = loop.time()
+        try:
+            item = await self.replies.get()
+        finally:
+            self.waited += loop.time() - t0
         if item is None:
             self.replies.put_nowait(None)  # stays closed for any later reader
             raise _End(f"{self.done_reason} (waiting for the reply to {what})")
@@ -258,6 +264,7 @@ class EslServer:
         outcome = "none"
         lookup_s = 0.0
         acted = start
+        fs_wait = 0.0  # of ``added``: waiting for FreeSWITCH's replies (connect ... bridge)
         self.stats.calls += 1
         try:
             async with asyncio.timeout(self.config.call_timeout):
@@ -269,6 +276,7 @@ class EslServer:
                 outcome = decision.result
                 await self._act(conn, decision)
                 acted = loop.time()
+                fs_wait = conn.waited
             info["esl"] = await self._finish(conn, decision)
         except TimeoutError:
             self.stats.timeouts += 1
@@ -298,9 +306,9 @@ class EslServer:
                 action = (f"bridge={decision.data}" if decision.action == "bridge"
                           else f"hangup={decision.data}")
             log.info("call peer=%s uuid=%s dest=%s result=%s %s esl=%s lookup=%.1fms "
-                     "added=%.2fms total=%.1fms%s",
+                     "added=%.2fms fs-wait=%.2fms total=%.1fms%s",
                      _peer(writer), info["uuid"], info["dest"], outcome, action, info["esl"],
-                     lookup_s * 1000, added * 1000, (end - start) * 1000,
+                     lookup_s * 1000, added * 1000, fs_wait * 1000, (end - start) * 1000,
                      f" | {_shown(decision.detail, 200)}" if decision else "")
 
     def _count(self, outcome: str) -> None:

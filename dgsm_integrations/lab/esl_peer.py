@@ -102,6 +102,8 @@ class Script:
     #: after a hangup, send the linger disconnect notice before CHANNEL_HANGUP: the listener
     #: of mod_event_socket may send either first (it checks the channel before its queue)
     notice_first: bool = False
+    #: answer ``connect`` only after this many seconds (FreeSWITCH under load)
+    connect_delay: float = 0.0
 
 
 @dataclass
@@ -215,6 +217,8 @@ async def play_call(port: int, script: Script | None = None, *, timeout: float =
                 if script.drop_at == word:
                     return record
                 if word == "connect":
+                    if script.connect_delay:
+                        await asyncio.sleep(script.connect_delay)  # a busy FreeSWITCH
                     writer.write(script.connect_reply if script.connect_reply is not None
                                  else channel_data(script, record.uuid))
                     if script.hangup_when is not None:
