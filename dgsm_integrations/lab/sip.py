@@ -1,10 +1,12 @@
 """A small SIP endpoint over UDP, enough to see a routed call arrive at the right village.
 
-- :class:`SipUas` answers OPTIONS 200, INVITE 100 then 200 OK (a tiny SDP) or a chosen
-  final code, ACK silently, BYE 200; it records every INVITE (user, host, From, Call-ID,
-  source) and lets a caller await one for a given user. Garbage is counted and dropped.
+- :class:`SipUas` answers OPTIONS 200, INVITE 100 then 200 OK (a tiny SDP, re-sent on the
+  RFC 3261 timers until the ACK comes) or a chosen final code, ACK silently, BYE 200; it
+  records every INVITE (user, host, From, Call-ID, source) and lets a caller await one for
+  a given user. Garbage is counted and dropped.
 - :func:`call` is the UAC: INVITE (re-sent on RFC 3261 timer A: 0.5 s, doubling), waits for
-  the final answer within ``timeout``, ACKs it, and hangs up with BYE after a 2xx.
+  the final answer within ``timeout``, ACKs it, and hangs up with BYE after a 2xx (re-sent
+  on timer E until answered).
 
 A subset of RFC 3261 written for the lab and the tests; not a general SIP stack.
 """
@@ -71,6 +73,8 @@ class SipUas(asyncio.DatagramProtocol):
         self.dropped = 0
         self.transport: asyncio.DatagramTransport | None = None
         self._changed = asyncio.Event()
+        #: 2xx answers not yet ACKed, re-sent on RFC 3261 timers (13.3.1.4): call-id -> timer
+        self._unacked: dict[str, asyncio.TimerHandle] = {}
 
     @classmethod
     async def start(cls, host: str, port: int = 5060, final: int = 200) -> SipUas:
@@ -84,6 +88,9 @@ class SipUas(asyncio.DatagramProtocol):
         self.transport = cast(asyncio.DatagramTransport, transport)
 
     def close(self) -> None:
+        for timer in self._unacked.values():
+            timer.cancel()
+        self._unacked.clear()
         if self.transport is not None:
             self.transport.close()
 
@@ -101,6 +108,9 @@ class SipUas(asyncio.DatagramProtocol):
         method, user, host = m.groups()
         source = (str(addr[0]), int(addr[1]))
         if method == "ACK":
+            timer = self._unacked.pop(headers["call-id"], None)
+            if timer is not None:
+                timer.cancel()
             return
         if method == "INVITE":
             if not any(i.call_id == headers["call-id"] for i in self.invites):
@@ -110,12 +120,33 @@ class SipUas(asyncio.DatagramProtocol):
             self._respond(headers, 100, "Trying", source)
             if self.final == 200:
                 self._respond(headers, 200, "OK", source, tag=True, sdp=True)
+                if headers["call-id"] not in self._unacked:
+                    self._resend_ok(headers, source, T1, time.monotonic() + 64 * T1)
             else:
                 self._respond(headers, self.final, "Lab Refusal", source, tag=True)
         elif method in ("BYE", "OPTIONS", "CANCEL"):
             self._respond(headers, 200, "OK", source, tag=method != "BYE")
         else:
             self._respond(headers, 405, "Method Not Allowed", source, tag=True)
+
+    def _resend_ok(self, headers: dict[str, str], dest: tuple[str, int], interval: float,
+                   give_up: float) -> None:
+        """Re-send the 200 OK until its ACK (T1 doubling to T2 = 4 s, for 64*T1): a lost
+        2xx would otherwise leave the caller's side waiting for good."""
+        loop = asyncio.get_running_loop()
+        call_id = headers["call-id"]
+
+        def again() -> None:
+            if call_id not in self._unacked:
+                return
+            if time.monotonic() >= give_up or self.transport is None \
+                    or self.transport.is_closing():
+                del self._unacked[call_id]
+                return
+            self._respond(headers, 200, "OK", dest, tag=True, sdp=True)
+            self._resend_ok(headers, dest, min(interval * 2, 4.0), give_up)
+
+        self._unacked[call_id] = loop.call_later(interval, again)
 
     def _respond(self, headers: dict[str, str], code: int, reason: str,
                  dest: tuple[str, int], *, tag: bool = False, sdp: bool = False) -> None:
@@ -154,6 +185,7 @@ class CallResult:
     provisional: list[int] = field(default_factory=list)
     invites_sent: int = 0
     elapsed: float = 0.0
+    bye_answered: bool = False
 
     @property
     def answered(self) -> bool:
@@ -173,6 +205,30 @@ class _Uac(asyncio.DatagramProtocol):
         m = _STATUS.fullmatch(first)
         if m is not None and headers.get("call-id") == self.call_id:
             self.responses.put_nowait((int(m.group(1)), m.group(2), headers))
+
+
+async def _hang_up(transport: asyncio.DatagramTransport, proto: _Uac, bye: bytes,
+                   ack: bytes, limit: float = 16.0) -> bool:
+    """Send BYE until it is answered (RFC 3261 timer E: T1 doubling to T2 = 4 s), ACKing
+    any 2xx re-sent meanwhile (our ACK was lost). True if the BYE was answered."""
+    interval = T1
+    try:
+        async with asyncio.timeout(limit):
+            while True:
+                transport.sendto(bye)
+                try:
+                    async with asyncio.timeout(interval):
+                        while True:
+                            code, _, headers = await proto.responses.get()
+                            cseq = headers.get("cseq", "")
+                            if "BYE" in cseq:
+                                return True
+                            if "INVITE" in cseq and 200 <= code < 300:
+                                transport.sendto(ack)
+                except TimeoutError:
+                    interval = min(interval * 2, 4.0)
+    except TimeoutError:
+        return False
 
 
 async def call(user: str, host: str, port: int, *, caller: str = "1000",
@@ -221,6 +277,7 @@ async def call(user: str, host: str, port: int, *, caller: str = "1000",
                     result.provisional.append(code)
                     code, reason, headers = await proto.responses.get()
                 result.code, result.reason = code, reason
+                result.elapsed = loop.time() - start  # INVITE to final answer
                 to = headers.get("to", f"<sip:{user}@{host}>")
                 ack = (f"ACK sip:{user}@{host}:{port} SIP/2.0\r\n"
                        f"{base.replace(f'To: <sip:{user}@{host}>', f'To: {to}')}"
@@ -229,13 +286,17 @@ async def call(user: str, host: str, port: int, *, caller: str = "1000",
                 if result.answered:
                     bye = (f"BYE sip:{user}@{host}:{port} SIP/2.0\r\n"
                            f"{base.replace(f'To: <sip:{user}@{host}>', f'To: {to}')}"
-                           "CSeq: 2 BYE\r\nContent-Length: 0\r\n\r\n")
-                    transport.sendto(bye.encode())
+                           "CSeq: 2 BYE\r\nContent-Length: 0\r\n\r\n").encode()
                 break
     except TimeoutError:
         result.reason = f"no final answer within {timeout:.1f}s"
+        bye = b""
+    try:
+        if result.answered:
+            result.bye_answered = await _hang_up(transport, proto, bye, ack.encode())
     finally:
-        result.elapsed = loop.time() - start
+        if result.code is None:
+            result.elapsed = loop.time() - start
         with contextlib.suppress(Exception):
             transport.close()
     return result
