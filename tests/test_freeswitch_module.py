@@ -193,7 +193,8 @@ def test_caller_hangs_up_during_the_lookup(fs: ConsoleLog) -> None:
         run_action(session)
     assert ("execute", "bridge") not in [c[:2] for c in session.calls]
     assert session.ending == ("hangup", "NORMAL_CLEARING")
-    assert any("result=gone" in t for _, t in fs.lines)
+    [line] = [t for _, t in fs.lines if "result=gone" in t]
+    assert "hangup=NORMAL_CLEARING" in line and "bridge=" not in line
 
 
 def test_session_errors_still_end_the_call(fs: ConsoleLog) -> None:

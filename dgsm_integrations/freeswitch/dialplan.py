@@ -150,6 +150,8 @@ def _log_call(console_log: ConsoleLog, shown: str, outcome: str, decision: Decis
               lookup_s: float, total: float) -> None:
     action = (f"bridge={decision.data}" if decision.action == "bridge"
               else f"hangup={decision.data}")
+    if outcome == "gone":
+        action = "hangup=NORMAL_CLEARING"  # what was done: the caller had left, no bridge
     level = "info" if outcome in ("found", "not-found", "invalid", "gone") else "warning"
     _log(console_log, level,
          f"dgsm: call dest={shown} result={outcome} {action} lookup={lookup_s * 1000:.1f}ms "
