@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import ipaddress
 import logging
 import signal
 import sys
@@ -14,9 +15,11 @@ from dataclasses import fields
 from typing import Any, ClassVar, Protocol, TypeVar
 
 from .mslookup import MslookupError
+from .mslookup.aio import parse_networks
+from .mslookup.transport import MulticastConfig, local_source
 from .settings import ConfigError, read_config_file
 
-__all__ = ["Server", "add_mslookup_args", "run_daemon", "settings_from_args"]
+__all__ = ["Server", "add_mslookup_args", "run_daemon", "settings_from_args", "trust_problem"]
 
 class DaemonConfig(Protocol):
     """A config dataclass with the fields every daemon has."""
@@ -54,6 +57,32 @@ def add_mslookup_args(p: argparse.ArgumentParser) -> None:
     m.add_argument("--resend", metavar="N", help="extra copies of each query (4)")
     m.add_argument("--trusted", metavar="NETS",
                    help="comma-separated networks allowed to answer (all)")
+
+
+def trust_problem(config: object) -> str | None:
+    """``--check``: would answers from an OsmoHLR on this host fall outside ``trusted``?
+
+    The case that turns every lookup into "not found": the multicast route has no source
+    address (``ip route add 224.0.0.0/4 dev lo``), so this host's answers leave from 0.0.0.0.
+    """
+    trusted = getattr(config, "trusted", None)
+    if trusted is None:
+        return None
+    nets = parse_networks(trusted) or ()
+    group = getattr(config, "group", "239.192.23.42")
+    try:
+        source = local_source(MulticastConfig(group, int(getattr(config, "mdns_port", 4266))))
+    except (MslookupError, OSError):
+        return None
+    if source is None or any(ipaddress.ip_address(source) in net for net in nets):
+        return None
+    shown = ",".join(str(n) for n in nets)
+    fix = ("give the multicast route a source address, e.g. ip route replace 224.0.0.0/4 "
+           "dev lo src 127.0.0.1" if source in ("0.0.0.0", "::")
+           else f"add {source} to trusted")
+    return (f"an OsmoHLR on this host answers from {source} (the kernel's source address "
+            f"toward {group}), outside trusted = {shown}: its answers would all be dropped "
+            f"and its subscribers 'not found'; {fix}")
 
 
 def settings_from_args(args: argparse.Namespace) -> dict[str, str]:
@@ -98,6 +127,9 @@ def run_daemon(prog: str, args: argparse.Namespace, from_strings: Callable[[dict
         for f in fields(config):
             if f.init:
                 print(f"{f.name.replace('_', '-')} = {getattr(config, f.name)}")
+        problem = trust_problem(config)
+        if problem is not None:
+            print(f"warning: {problem}")
         return 0
     logging.basicConfig(level=config.log_level.upper(), stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(message)s")

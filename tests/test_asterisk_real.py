@@ -238,7 +238,7 @@ def test_fifty_concurrent_calls_all_reach_the_site(net: Net, alice: str, way: st
 
     async def fifty() -> list[CallResult]:
         return list(await asyncio.gather(*(
-            call(alice, b.addr, SIP_PORT, local_host=caller, sdp=True, timeout=20)
+            call(alice, b.addr, SIP_PORT, local_host=caller, offer_sdp=True, timeout=20)
             for _ in range(50))))
     results = b.loop.run(fifty(), 60)
     assert [r.code for r in results] == [200] * 50
@@ -252,8 +252,8 @@ def test_calls_from_other_villages_land_in_dgsm_in(net: Net) -> None:
     msc = net.s.endpoints["B"].uas
 
     def from_a(dest: str, raw: bool = False) -> CallResult:
-        return a.loop.run(call(dest, b.addr, SIP_PORT, local_host=a.addr, sdp=True,
-                               raw_user=raw, timeout=15), 30)
+        return a.loop.run(call(dest, b.addr, SIP_PORT, local_host=a.addr, offer_sdp=True,
+                               any_user=raw, timeout=15), 30)
     assert from_a("4242").code == 200
     inv = b.loop.run(msc.invited("4242", timeout=2))
     assert inv.host == f"{MSC_SIP[0]}:{MSC_SIP[1]}"

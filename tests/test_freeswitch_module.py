@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import re
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -55,6 +57,7 @@ def fs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> ConsoleLog:
     conf = tmp_path / "freeswitch.conf"
     conf.write_text(f"# test settings\ninterface = {LO}\nmdns-port = {PORT}\nmin-delay = 0.1\n")
     monkeypatch.setenv("DGSM_FS_CONFIG", str(conf))
+    monkeypatch.setenv("DGSM_VENV", sys.prefix)  # the venv the shim takes the package from
     return install()
 
 
@@ -190,7 +193,8 @@ def test_caller_hangs_up_during_the_lookup(fs: ConsoleLog) -> None:
         run_action(session)
     assert ("execute", "bridge") not in [c[:2] for c in session.calls]
     assert session.ending == ("hangup", "NORMAL_CLEARING")
-    assert any("result=gone" in t for _, t in fs.lines)
+    [line] = [t for _, t in fs.lines if "result=gone" in t]
+    assert "hangup=NORMAL_CLEARING" in line and "bridge=" not in line
 
 
 def test_session_errors_still_end_the_call(fs: ConsoleLog) -> None:
@@ -271,3 +275,45 @@ def test_config_validation_table(tmp_path: Path) -> None:
     conf.write_text("no equals sign\n")
     with pytest.raises(ConfigError):
         cached_config(str(conf))
+
+
+def test_found_call_is_logged_when_routed_not_when_the_bridge_ends(fs: ConsoleLog) -> None:
+    """Issue 12 item 2: mod_python3's ``session.execute("bridge")`` returns when the bridged
+    call ends; the line (and ``added``) must be written when the bridge starts."""
+    seen: list[str] = []
+    session = RecordingSession({"destination_number": "1001"})
+
+    def bridged(app: str, data: str) -> None:
+        seen.extend(text for _, text in fs.lines)  # what was logged when the bridge began
+        time.sleep(0.3)  # the bridged call lasts 0.3 s (FreeSWITCH blocks the thread)
+
+    session.on_execute = bridged
+    with responder():
+        run_action(session)
+    assert session.ending[:2] == ("execute", "bridge")
+    [line] = [t for t in seen if "dgsm: call dest=1001 result=found" in t]
+    m = re.search(r"added=([0-9.]+)ms", line)
+    assert m is not None and float(m.group(1)) < 300  # the call's 0.3 s is not in it
+    assert len([t for _, t in fs.lines if "dgsm: call" in t]) == 1  # one line per call
+
+
+def test_all_answers_untrusted_shows_in_the_call_line_and_the_api(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Issue 12 item 7, as a mod_python3 operator sees it (Python logging does not reach
+    FreeSWITCH's log): the not-found line says why."""
+    from dgsm_integrations.mslookup import aio
+    monkeypatch.setattr(aio, "TRUST_WINDOW", 0.2)
+    conf = tmp_path / "freeswitch.conf"
+    conf.write_text(f"interface = {LO}\nmdns-port = {PORT}\nmin-delay = 0.1\n"
+                    "trusted = 10.0.0.0/8\n")
+    monkeypatch.setenv("DGSM_FS_CONFIG", str(conf))
+    monkeypatch.setenv("DGSM_VENV", sys.prefix)
+    log = install()
+    with responder():
+        for _ in range(4):
+            assert call("1001").ending == ("hangup", "UNALLOCATED_NUMBER")
+        text = run_api("1001")
+    last = [t for _, t in log.lines if "dgsm: call" in t][-1]
+    assert "result=not-found" in last
+    assert "dropped as untrusted: check trusted= (10.0.0.0/8)" in last
+    assert "untrusted_only_windows=" in text and "warning: all " in text

@@ -137,6 +137,54 @@ def test_untrusted_answers_are_dropped_and_counted() -> None:
     run(body())
 
 
+def test_all_answers_untrusted_is_logged_once_and_counted(
+        monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    """Issue 12 item 7: a ``trusted`` that misses every site makes every call "not found";
+    the resolver says so once per episode, counts it, and clears it once answers pass."""
+    from dgsm_integrations.mslookup import aio
+    monkeypatch.setattr(aio, "TRUST_WINDOW", 0.3)
+    bad, good = "sip.voice.1005.msisdn", "sip.voice.1006.msisdn"
+
+    async def body() -> None:
+        async with Responder({bad: Record.parse("3,127.0.0.2:5060")}, interface=LO,
+                             port=PORT, source="127.0.0.66"), \
+                site(1, {good: "3,127.0.0.11:5060"}), \
+                resolver(trusted=["127.0.0.11/32"], min_delay=0.1) as r:
+            with caplog.at_level("WARNING", logger="dgsm.mslookup"):
+                for _ in range(8):  # 0.8 s: two windows or more, every answer untrusted
+                    assert (await r.resolve(bad)).outcome is Outcome.NOT_FOUND
+                assert r.stats.untrusted_only_windows >= 2
+                assert r.trust_warning is not None
+                assert r.trust_warning.startswith("all ")
+                assert "answers in the last 0 s dropped as untrusted: check trusted= " \
+                       "(127.0.0.11/32)" in r.trust_warning
+                warned = [m for m in caplog.messages if "dropped as untrusted" in m]
+                assert len(warned) == 1  # once, not per window or per lookup
+                for _ in range(4):
+                    assert (await r.resolve(good)).found
+                assert r.trust_warning is None
+                assert any("accepted again" in m for m in caplog.messages)
+    run(body())
+
+
+def test_untrusted_drops_mixed_with_accepted_answers_are_no_alarm(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    from dgsm_integrations.mslookup import aio
+    monkeypatch.setattr(aio, "TRUST_WINDOW", 0.3)
+    q = "sip.voice.1007.msisdn"
+
+    async def body() -> None:
+        async with Responder({q: Record.parse("1,127.0.0.3:5060")}, interface=LO, port=PORT,
+                             source="127.0.0.66"), \
+                site(1, {q: "9,127.0.0.2:5060"}), \
+                resolver(trusted=["127.0.0.0/28"], min_delay=0.1) as r:
+            for _ in range(8):
+                assert (await r.resolve(q)).found
+            assert r.stats.dropped_untrusted > 0
+            assert (r.stats.untrusted_only_windows, r.trust_warning) == (0, None)
+    run(body())
+
+
 def test_concurrent_lookups_coalesce_and_never_cross() -> None:
     async def body() -> None:
         table = {f"sip.voice.{2000 + i}.msisdn": f"{i + 1},127.0.1.{i}:{5000 + i}"

@@ -11,8 +11,10 @@ Facts of mod_python3 this is built on (``src/mod/languages/mod_python3/mod_pytho
 - the ``python`` API (``fs_cli> python freeswitch_dialplan_dgsm <query>``) calls
   ``fsapi(session_or_"na", stream, env, args)`` and returns what was ``stream.write()``-n.
 
-A call's thread blocks only in :meth:`Resolver.resolve` (which waits on a future, releasing
-the GIL); no process or thread is started per call.
+Routing blocks the call's thread only in :meth:`Resolver.resolve` (which waits on a future,
+releasing the GIL); no process or thread is started per call. A found call's thread then runs
+the bridge itself (``session.execute("bridge")`` returns when the bridged call ends), so the
+log line is written just before the bridge starts.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from __future__ import annotations
 import contextlib
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Protocol
 
 from ..mslookup import InvalidQuery, MslookupError, Query, Resolver
@@ -49,7 +51,7 @@ class CallReport:
     decision: Decision
     outcome: str  # decision.result, or "gone" if the caller left during the lookup
     lookup_s: float
-    total_s: float
+    total_s: float  # from the call's start to the bridge (started) or hangup (done)
 
     @property
     def added_s(self) -> float:
@@ -91,6 +93,9 @@ def _decide(session: Session) -> tuple[Decision, float, str]:
     except (MslookupError, OSError) as exc:
         return error(config, f"resolver: {exc}"), 0.0, shown
     decision = decide(config, msisdn, result, lookup_s)
+    if decision.result == "not-found" and resolver.trust_warning is not None:
+        # Python's logging does not reach FreeSWITCH's log: say it in the call's line
+        decision = replace(decision, detail=f"{decision.detail}; {resolver.trust_warning}")
     if decision.action == "bridge":
         decision = Decision(decision.result, decision.action, decision.data, (
             ("continue_on_fail", "true" if config.continue_on_fail else "false"),
@@ -100,7 +105,12 @@ def _decide(session: Session) -> tuple[Decision, float, str]:
 
 
 def handle_call(session: Session, args: str, console_log: ConsoleLog) -> CallReport:
-    """Route one call; never raises; always ends in ``bridge`` or ``hangup``."""
+    """Route one call; never raises; always ends in ``bridge`` or ``hangup``.
+
+    The log line is written when the decision is carried out: for a bridge just *before*
+    ``session.execute("bridge")``, which blocks until the bridged call ends; so ``added`` is
+    our time up to the bridge, not the call's duration.
+    """
     t0 = time.perf_counter()
     lookup_s = 0.0
     shown = "-"
@@ -108,7 +118,10 @@ def handle_call(session: Session, args: str, console_log: ConsoleLog) -> CallRep
         decision, lookup_s, shown = _decide(session)
     except Exception as exc:  # a bug must still end the call explicitly
         decision = error(Config(), f"internal error: {type(exc).__name__}: {exc}")
+    if args:
+        shown += f" args={_printable(args)}"
     outcome = decision.result
+    total: float | None = None
     try:
         for name, value in decision.variables:
             session.setVariable(name, value)
@@ -116,25 +129,33 @@ def handle_call(session: Session, args: str, console_log: ConsoleLog) -> CallRep
             outcome = "gone"  # the caller hung up during the lookup: nothing to bridge
             session.hangup("NORMAL_CLEARING")
         elif decision.action == "bridge":
-            session.execute("bridge", decision.data)
+            total = time.perf_counter() - t0
+            _log_call(console_log, shown, outcome, decision, lookup_s, total)
+            session.execute("bridge", decision.data)  # returns when the bridged call ends
         else:
             session.hangup(decision.data)
     except Exception as exc:
         outcome = f"{outcome}+fs-error"
-        _log(console_log, "err", f"dgsm: FreeSWITCH call failed: {type(exc).__name__}: {exc}")
+        _log(console_log, "err", f"dgsm: FreeSWITCH call failed: dest={shown} "
+             f"{type(exc).__name__}: {exc}")
         with contextlib.suppress(Exception):  # nothing more we can do; already logged
             session.hangup(Config().cause_error)
-    total = time.perf_counter() - t0
-    report = CallReport(decision, outcome, lookup_s, total)
+    if total is None:
+        total = time.perf_counter() - t0
+        _log_call(console_log, shown, outcome, decision, lookup_s, total)
+    return CallReport(decision, outcome, lookup_s, total)
+
+
+def _log_call(console_log: ConsoleLog, shown: str, outcome: str, decision: Decision,
+              lookup_s: float, total: float) -> None:
     action = (f"bridge={decision.data}" if decision.action == "bridge"
               else f"hangup={decision.data}")
+    if outcome == "gone":
+        action = "hangup=NORMAL_CLEARING"  # what was done: the caller had left, no bridge
     level = "info" if outcome in ("found", "not-found", "invalid", "gone") else "warning"
-    if args:
-        shown += f" args={_printable(args)}"
     _log(console_log, level,
          f"dgsm: call dest={shown} result={outcome} {action} lookup={lookup_s * 1000:.1f}ms "
          f"added={(total - lookup_s) * 1000:.2f}ms | {_printable(decision.detail, 200)}")
-    return report
 
 
 def _log(console_log: ConsoleLog, level: str, text: str) -> None:
@@ -174,5 +195,8 @@ def fsapi_text(args: object) -> str:
     lines.append(f"resolver: {resolver.config.describe()} lookups={stats.lookups} "
                  f"found={stats.found} not_found={stats.not_found} errors={stats.errors} "
                  f"dropped_untrusted={stats.dropped_untrusted} "
-                 f"dropped_malformed={stats.dropped_malformed}")
+                 f"dropped_malformed={stats.dropped_malformed} "
+                 f"untrusted_only_windows={stats.untrusted_only_windows}")
+    if resolver.trust_warning is not None:
+        lines.append(f"warning: {resolver.trust_warning}")
     return "\n".join(lines) + "\n"

@@ -95,6 +95,8 @@ class _Conn:
         self.completion: Message | None = None
         self.completed = asyncio.Event()
         self.hangup_cause: str | None = None
+        self.hangup_seen = asyncio.Event()  # a CHANNEL_HANGUP event, or the socket is done
+        self.waited = 0.0  # seconds spent waiting for FreeSWITCH's replies
 
     async def pump(self) -> None:
         try:
@@ -116,6 +118,7 @@ class _Conn:
         self.closed = True
         self.done_reason = self.done_reason or reason
         self.gone.set()
+        self.hangup_seen.set()
         self.completed.set()
         self.replies.put_nowait(None)
 
@@ -130,6 +133,7 @@ class _Conn:
                 self.hangup_cause = self.hangup_cause or event.get("Hangup-Cause")
                 self.done_reason = self.done_reason or f"{name}"
                 self.gone.set()
+                self.hangup_seen.set()
             elif (name == "CHANNEL_EXECUTE_COMPLETE" and self.app_uuid is not None
                   and event.get("Application-UUID") == self.app_uuid):
                 self.completion = event
@@ -149,7 +153,12 @@ class _Conn:
         await self.writer.drain()
 
     async def reply(self, what: str) -> Message:
-        item = await self.replies.get()
+        loop = asyncio.get_running_loop()
+        t0 = loop.time()
+        try:
+            item = await self.replies.get()
+        finally:
+            self.waited += loop.time() - t0
         if item is None:
             self.replies.put_nowait(None)  # stays closed for any later reader
             raise _End(f"{self.done_reason} (waiting for the reply to {what})")
@@ -259,6 +268,7 @@ class EslServer:
         outcome = "none"
         lookup_s = 0.0
         acted = start
+        fs_wait = 0.0  # of ``added``: waiting for FreeSWITCH's replies (connect ... bridge)
         self.stats.calls += 1
         try:
             async with asyncio.timeout(self.config.call_timeout):
@@ -270,6 +280,7 @@ class EslServer:
                 outcome = decision.result
                 await self._act(conn, decision)
                 acted = loop.time()
+                fs_wait = conn.waited
             info["esl"] = await self._finish(conn, decision)
         except TimeoutError:
             self.stats.timeouts += 1
@@ -299,9 +310,9 @@ class EslServer:
                 action = (f"bridge={decision.data}" if decision.action == "bridge"
                           else f"hangup={decision.data}")
             log.info("call peer=%s uuid=%s dest=%s result=%s %s esl=%s lookup=%.1fms "
-                     "added=%.2fms total=%.1fms%s",
+                     "added=%.2fms fs-wait=%.2fms total=%.1fms%s",
                      _peer(writer), info["uuid"], info["dest"], outcome, action, info["esl"],
-                     lookup_s * 1000, added * 1000, (end - start) * 1000,
+                     lookup_s * 1000, added * 1000, fs_wait * 1000, (end - start) * 1000,
                      f" | {_shown(decision.detail, 200)}" if decision else "")
 
     def _count(self, outcome: str) -> None:
@@ -313,7 +324,8 @@ class EslServer:
                      info: dict[str, str]) -> tuple[Decision | None, float]:
         await conn.send(b"connect\n\n" + command("myevents")
                         + command(f"linger {self.config.linger}"))
-        channel = (await conn.reply("connect")).decoded()
+        raw = await conn.reply("connect")
+        channel = raw.decoded()
         if not channel.ok:
             raise _End(f"connect refused: {_shown(channel.reply_text, 60)}")
         for what in ("myevents", "linger"):
@@ -331,7 +343,16 @@ class EslServer:
             config = base.with_channel(lambda name: _variable(channel, name))
         except ConfigError as exc:
             return error(base, str(exc)), 0.0
-        msisdn = parse_destination(dest)
+        # FreeSWITCH does not escape a '%' followed by two hex digits, so a dialled "%31001"
+        # and "1001" arrive alike once decoded: digits need no escape, so any '%' in the raw
+        # value means the number was not all digits.
+        raw_dest = raw.get("Caller-Destination-Number")
+        if raw_dest is None:
+            raw_dest = raw.get("Channel-Destination-Number")
+        escaped = "%" in (raw_dest or "")
+        if escaped:
+            info["dest"] = _shown(raw_dest)  # as FreeSWITCH sent it
+        msisdn = None if escaped else parse_destination(dest)
         if msisdn is None:
             return invalid(config, "destination number is not 1-15 digits"), 0.0
         if conn.gone.is_set():
@@ -383,10 +404,15 @@ class EslServer:
 
     async def _finish(self, conn: _Conn, decision: Decision) -> str:
         if decision.action != "bridge":
+            # FreeSWITCH sends its disconnect notice before the CHANNEL_HANGUP event (linger):
+            # wait for the event, which carries the cause the channel really ended with
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(_HANGUP_WAIT):
-                    await conn.gone.wait()
-            return "hangup-sent" + (f"({conn.hangup_cause})" if conn.hangup_cause else "")
+                    await conn.hangup_seen.wait()
+            seen = conn.hangup_cause
+            return (f"hangup-sent({decision.data}"
+                    + ("" if seen == decision.data else f",channel={_shown(seen, 40)}")
+                    + ")")
         try:
             async with asyncio.timeout(self.config.bridge_timeout):
                 await conn.completed.wait()

@@ -12,8 +12,9 @@ runs (``mod_event_socket.c``, ``switch_event.c``, ``switch_ivr.c``), and so does
 - events go out as ``Content-Length: N`` / ``Content-Type: text/event-plain`` and the
   serialized event as body; ``sendmsg execute`` yields ``CHANNEL_EXECUTE`` and
   ``CHANNEL_EXECUTE_COMPLETE`` carrying ``Application-UUID`` = the command's ``Event-UUID``;
-- when the channel hangs up: ``CHANNEL_HANGUP`` (``Hangup-Cause``), then, with linger, a
-  ``text/disconnect-notice`` with ``Content-Disposition: linger``; when the socket is closed by
+- when the channel hangs up: ``CHANNEL_HANGUP`` (``Hangup-Cause``) and, with linger, a
+  ``text/disconnect-notice`` with ``Content-Disposition: linger`` (in either order:
+  ``Script.notice_first``); when the socket is closed by
   FreeSWITCH, a ``disconnect`` notice with a goodbye body.
 
 :class:`Script` injects faults: drop the connection before a reply, send a malformed block,
@@ -34,11 +35,17 @@ _UNSAFE = set("\r\n #%&+:;<=>?@[\\]^`{|}\"")
 
 
 def url_encode(value: str) -> str:
-    """As ``switch_url_encode``: %XX for control, non-ASCII and unsafe characters."""
+    """As ``switch_url_encode``: %XX for control, non-ASCII and unsafe characters -- except a
+    ``%`` already followed by two upper-case hex digits, which is copied as it is (no double
+    encoding; ``switch_url_encode_opt`` in FreeSWITCH 1.10.12, seen on the wire: a dialled
+    ``%31001`` arrives as ``%31001``)."""
     out: list[str] = []
-    for byte in value.encode("utf-8"):
+    raw = value.encode("utf-8")
+    for i, byte in enumerate(raw):
         c = chr(byte)
-        if byte < 0x20 or byte > 0x7E or c in _UNSAFE:
+        kept = (c == "%" and len(raw) - i > 2
+                and all(chr(b) in "0123456789ABCDEF" for b in raw[i + 1:i + 3]))
+        if not kept and (byte < 0x20 or byte > 0x7E or c in _UNSAFE):
             out.append(f"%{byte:02X}")
         else:
             out.append(c)
@@ -92,6 +99,11 @@ class Script:
     bridge_fails: str | None = None
     #: the B-leg answers and the call ends normally after the bridge
     caller_id: str = "1000"
+    #: after a hangup, send the linger disconnect notice before CHANNEL_HANGUP: the listener
+    #: of mod_event_socket may send either first (it checks the channel before its queue)
+    notice_first: bool = False
+    #: answer ``connect`` only after this many seconds (FreeSWITCH under load)
+    connect_delay: float = 0.0
 
 
 @dataclass
@@ -162,10 +174,11 @@ def _exec_events(call_uuid: str, app: str, arg: str, app_uuid: str,
                      ("Application-Response", "_none_"), *extra]))
 
 
-def _hangup_events(call_uuid: str, cause: str) -> bytes:
-    return (event([("Event-Name", "CHANNEL_HANGUP"), ("Unique-ID", call_uuid),
-                   ("Hangup-Cause", cause), ("Channel-State", "CS_HANGUP")])
-            + disconnect_notice(call_uuid, linger=True)
+def _hangup_events(call_uuid: str, cause: str, notice_first: bool = False) -> bytes:
+    hangup = event([("Event-Name", "CHANNEL_HANGUP"), ("Unique-ID", call_uuid),
+                    ("Hangup-Cause", cause), ("Channel-State", "CS_HANGUP")])
+    notice = disconnect_notice(call_uuid, linger=True)
+    return ((notice + hangup if notice_first else hangup + notice)
             + event([("Event-Name", "CHANNEL_HANGUP_COMPLETE"), ("Unique-ID", call_uuid),
                      ("Hangup-Cause", cause)]))
 
@@ -204,6 +217,8 @@ async def play_call(port: int, script: Script | None = None, *, timeout: float =
                 if script.drop_at == word:
                     return record
                 if word == "connect":
+                    if script.connect_delay:
+                        await asyncio.sleep(script.connect_delay)  # a busy FreeSWITCH
                     writer.write(script.connect_reply if script.connect_reply is not None
                                  else channel_data(script, record.uuid))
                     if script.hangup_when is not None:
@@ -257,7 +272,8 @@ async def play_call(port: int, script: Script | None = None, *, timeout: float =
                     elif cmd == "hangup":
                         up = False
                         record.hangup_cause = headers.get("hangup-cause", "NORMAL_CLEARING")
-                        writer.write(_hangup_events(record.uuid, record.hangup_cause))
+                        writer.write(_hangup_events(record.uuid, record.hangup_cause,
+                                                    script.notice_first))
                 else:
                     writer.write(reply("-ERR command not found"))
                 await writer.drain()

@@ -280,7 +280,7 @@ class Services:
         (200 after the site answered the Dial(); 404/484/503 from Hangup(DGSM_CAUSE))."""
         v = self.village
         raw = not (dest.isascii() and dest.isdigit() and 1 <= len(dest) <= 15)
-        kw: dict[str, Any] = {"sdp": True, "timeout": 15.0, "raw_user": raw, **sip}
+        kw: dict[str, Any] = {"offer_sdp": True, "timeout": 15.0, "any_user": raw, **sip}
         t0 = time.monotonic()
         seen = {name: len(ep.uas.invites) for name, ep in self.endpoints.items()}
         res = v.loop.run(call(dest, v.addr, SIP_PORT, local_host=caller_host, **kw), 30)

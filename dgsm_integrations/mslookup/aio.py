@@ -53,6 +53,8 @@ RESEND_GRID = 0.005
 #: sends for each re-sent query cost a dictionary look-up instead of a decode.
 _DECODED_CACHE = 4096
 _ANCDATA = socket.CMSG_SPACE(4)
+#: Seconds over which "every answer was dropped as untrusted" is judged (see _watch_trust).
+TRUST_WINDOW = 10.0
 
 
 @dataclass
@@ -74,6 +76,9 @@ class Stats:
     dropped_unmatched: int = 0
     duplicates: int = 0
     kernel_drops: int = 0
+    #: windows of TRUST_WINDOW s in which answers arrived and every one was dropped as
+    #: untrusted (a ``trusted`` that misses the sites: every lookup is "not found")
+    untrusted_only_windows: int = 0
 
     def as_dict(self) -> dict[str, int]:
         return {f.name: getattr(self, f.name) for f in fields(self)}
@@ -179,6 +184,9 @@ class AsyncResolver:
         self.resend_interval = resend_interval
         self.trusted = parse_networks(trusted)
         self.stats = Stats()
+        #: set while every answer of the last TRUST_WINDOW s was dropped as untrusted
+        self.trust_warning: str | None = None
+        self._trust_mark: tuple[float, int, int] | None = None
         self._sock: socket.socket | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._flights: dict[tuple[object, ...], _Flight] = {}
@@ -201,6 +209,8 @@ class AsyncResolver:
         sock = open_socket(self.config)
         loop.add_reader(sock.fileno(), self._on_readable)
         self._sock, self._loop = sock, loop
+        self._trust_mark = (loop.time(), self.stats.dropped_untrusted,
+                            self.stats.answers_accepted)
         log.debug("mslookup client listening on %s", self.config.describe())
 
     async def close(self) -> None:
@@ -388,11 +398,38 @@ class AsyncResolver:
                     self.stats.not_found += 1
                 else:
                     self.stats.errors += 1
+                self._watch_trust()
             sub.deliver(result)
         if sub.selection.done:
             self._finish(sub)
         else:
             self._arm(sub)  # the deadline may have moved, with or without a result
+
+    def _watch_trust(self) -> None:
+        """When a lookup ends: if every answer of the last TRUST_WINDOW s was dropped as
+        untrusted, say so once (and again only after answers were accepted in between)."""
+        assert self._loop is not None
+        now, stats = self._loop.time(), self.stats
+        assert self._trust_mark is not None  # set when the socket was opened
+        start, dropped0, accepted0 = self._trust_mark
+        if now - start < TRUST_WINDOW:
+            return
+        dropped = stats.dropped_untrusted - dropped0
+        accepted = stats.answers_accepted - accepted0
+        self._trust_mark = (now, stats.dropped_untrusted, stats.answers_accepted)
+        if dropped and not accepted:
+            stats.untrusted_only_windows += 1
+            if self.trust_warning is None:
+                nets = ",".join(str(n) for n in self.trusted or ())
+                self.trust_warning = (
+                    f"all {dropped} answers in the last {now - start:.0f} s dropped as "
+                    f"untrusted: check trusted= ({nets}); the sites' addresses, and the "
+                    "addresses they announce, must be inside it")
+                log.warning("mslookup: %s", self.trust_warning)
+        elif accepted and self.trust_warning is not None:
+            log.warning("mslookup: answers are accepted again (%d in the last %.0f s)",
+                        accepted, now - start)
+            self.trust_warning = None
 
     def _finish(self, sub: _Subscriber) -> None:
         if sub.timer is not None:

@@ -53,6 +53,11 @@ class Resolver:
         return self._async.stats
 
     @property
+    def trust_warning(self) -> str | None:
+        """Set while every answer of the last few seconds was dropped as untrusted."""
+        return self._async.trust_warning
+
+    @property
     def config(self) -> Any:
         return self._async.config
 

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from .errors import TransportError
 
 __all__ = ["DEFAULT_GROUP_V4", "DEFAULT_GROUP_V6", "DEFAULT_PORT", "MulticastConfig",
-           "open_socket"]
+           "local_source", "open_socket"]
 
 DEFAULT_GROUP_V4 = "239.192.23.42"
 DEFAULT_GROUP_V6 = "ff08::23:42"
@@ -74,6 +74,19 @@ class MulticastConfig:
         if self.family == socket.AF_INET6:
             return f"[{self.group}]:{self.port}{where}"
         return f"{self.group}:{self.port}{where}"
+
+
+def local_source(config: MulticastConfig) -> str | None:
+    """The source address this host's kernel gives a datagram to the group from a socket
+    bound to no address -- as an OsmoHLR on this host sends its answers. ``0.0.0.0`` when the
+    multicast route has no source address (``ip route add 224.0.0.0/4 dev lo``); None when
+    there is no route to the group. Sends nothing."""
+    with socket.socket(config.family, socket.SOCK_DGRAM) as sock:
+        try:
+            sock.connect((config.group, config.port))
+        except OSError:
+            return None
+        return str(sock.getsockname()[0]).split("%", 1)[0]
 
 
 def interface_index(interface: str | None) -> int:
