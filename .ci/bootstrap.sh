@@ -125,7 +125,7 @@ install_project_in_sid_root() {
     venv="/opt/dgsm-integrations-$key"
     src="/opt/dgsm-src-$key"
     rm -rf "$SID_ROOT$src" && mkdir -p "$SID_ROOT$src"
-    cp -r pyproject.toml README.md dgsm_integrations docs tests "$SID_ROOT$src/"
+    cp -r pyproject.toml README.md dgsm_integrations docs tests asterisk freeswitch esme "$SID_ROOT$src/"
     find "$SID_ROOT$src" -name __pycache__ -prune -exec rm -rf {} +
     if [ ! -x "$SID_ROOT$venv/bin/python" ]; then
         { chroot "$SID_ROOT" python3 -m venv "$venv" &&
