@@ -37,7 +37,7 @@ def hlr(tmp_path: Path) -> Iterator[OsmoHlr]:
 
 @pytest.fixture
 def resolver() -> Iterator[Resolver]:
-    with Resolver(interface=LO, min_delay=0.3) as r:
+    with Resolver(interface=LO, min_delay=0.3, allow_loopback=True) as r:
         yield r
 
 

@@ -9,7 +9,7 @@ from enum import StrEnum
 from .errors import InvalidQuery
 from .query import Query
 
-__all__ = ["Answer", "Endpoint", "Outcome", "Result"]
+__all__ = ["Answer", "Endpoint", "Outcome", "Result", "unusable_reason"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,6 +68,33 @@ class Answer:
             raise InvalidQuery(f"v6 endpoint {self.v6} is not IPv6")
         if not 0 <= self.age <= 0xFFFFFFFF:
             raise InvalidQuery(f"age {self.age} out of range")
+
+
+def unusable_reason(endpoint: Endpoint, *, allow_loopback: bool = False) -> str | None:
+    """Why no call or SMS can be sent to ``endpoint``, or None when it is usable.
+
+    Unusable: the unspecified address (``0.0.0.0/8``, ``::``), the broadcast address
+    ``255.255.255.255``, multicast (``224.0.0.0/4``, ``ff00::/8``), IPv6 link-local
+    (``fe80::/10``: an answer cannot carry the zone it needs), IPv4-mapped IPv6 addresses
+    (an IPv4 address belongs in the A record), port 0, and loopback (``127.0.0.0/8``,
+    ``::1``) unless ``allow_loopback`` (a lab or tests, with every site on one host).
+    """
+    if endpoint.port == 0:
+        return "port 0"
+    ip = ipaddress.ip_address(endpoint.host)
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        return "an IPv4-mapped IPv6 address"
+    if ip.is_unspecified or (ip.version == 4 and ip.packed[0] == 0):
+        return "the unspecified address"
+    if ip.version == 4 and ip.packed == b"\xff\xff\xff\xff":
+        return "the broadcast address"
+    if ip.is_multicast:
+        return "a multicast address"
+    if ip.version == 6 and ip.is_link_local:
+        return "an IPv6 link-local address (an answer cannot carry its zone)"
+    if ip.is_loopback and not allow_loopback:
+        return "a loopback address (allowed only with allow_loopback)"
+    return None
 
 
 class Outcome(StrEnum):
