@@ -28,7 +28,8 @@ HLR = "gsup.hlr.901700000000001.imsi"
 def cli(*args: str, port: int = PORT, timeout: float = 15) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "dgsm_integrations.mslookup", "--interface", LO, "-M", str(port),
-         *args], capture_output=True, text=True, timeout=timeout, env=ENV, cwd=ROOT)
+         "--allow-loopback", *args],
+        capture_output=True, text=True, timeout=timeout, env=ENV, cwd=ROOT)
 
 
 def c_tool() -> str:
@@ -125,7 +126,8 @@ def _start_daemon(cmd: list[str], path: Path) -> subprocess.Popen[str]:
 def test_daemon_keeps_clients_apart(serve: subprocess.Popen[str], tmp_path: Path) -> None:
     path = tmp_path / "mslookup.sock"
     proc = _start_daemon([sys.executable, "-m", "dgsm_integrations.mslookup", "--interface",
-                          LO, "-M", str(PORT), "-t", "200", "-s", str(path), "-d"], path)
+                          LO, "-M", str(PORT), "--allow-loopback", "-t", "200", "-s",
+                          str(path), "-d"], path)
     try:
         from concurrent.futures import ThreadPoolExecutor
         queries = [ALICE, ALICE, "sip.voice.1002.msisdn", HLR, "sip.voice.x.msisdn"]
@@ -185,7 +187,7 @@ def test_our_client_against_c_tool_send() -> None:
     listener = _group_listener()
     proc = subprocess.Popen(
         [sys.executable, "-m", "dgsm_integrations.mslookup", "--interface", LO, "-M",
-         str(PORT), "-f", "json", "-t", "2000", ALICE],
+         str(PORT), "--allow-loopback", "-f", "json", "-t", "2000", ALICE],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV, cwd=ROOT)
     try:
         listener.recvfrom(2048)  # our query went out

@@ -54,7 +54,7 @@ class Village:
         self.table: dict[str, Record] = {}
         self.hlr = [Responder({}, interface=LO, port=PORT, source=f"127.0.0.{12 + i}")
                     for i in range(3)]
-        self.resolver = AsyncResolver(interface=LO, port=PORT, min_delay=0.1)
+        self.resolver = AsyncResolver(interface=LO, port=PORT, min_delay=0.1, allow_loopback=True)
         base = dict(src_host=LOCAL, enquire_interval=30.0, backoff_min=0.05, backoff_max=0.2,
                     connect_timeout=1.0)
         base.update(cfg)

@@ -35,6 +35,7 @@ class Config:
     timeout: float | None = None
     resend: int = 4
     trusted: tuple[str, ...] | None = None
+    allow_loopback: bool = False
     # routing
     endpoint: str = "dgsm"
     service: str = "sip.voice"
@@ -89,7 +90,8 @@ class Config:
         kw: dict[str, Any] = {"group": self.group, "port": self.mdns_port,
                               "interface": self.interface, "ttl": self.ttl,
                               "suffix": self.suffix, "min_delay": self.min_delay,
-                              "timeout": self.timeout, "resend": self.resend}
+                              "timeout": self.timeout, "resend": self.resend,
+                              "allow_loopback": self.allow_loopback}
         if self.trusted is not None:
             kw["trusted"] = self.trusted
         return kw

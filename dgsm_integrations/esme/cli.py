@@ -79,6 +79,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="seconds until a lookup gives up (default: min-delay)")
     g.add_argument("--trusted", action="append", default=None, metavar="NET",
                    help="only accept answers from / naming this network (repeatable)")
+    g.add_argument("--allow-loopback", action="store_true",
+                   help="accept answers naming 127.0.0.0/8 or ::1 (a lab on one host)")
     g = p.add_argument_group("store-and-forward (off by default)")
     g.add_argument("--queue", default=None, metavar="PATH",
                    help="SQLite file: accept an SMS whose recipient's site is unreachable or "
@@ -113,7 +115,8 @@ async def serve(args: argparse.Namespace) -> int:
 
     resolver = AsyncResolver(interface=args.mslookup_interface, group=args.mslookup_group,
                              port=args.mslookup_port, min_delay=args.min_delay,
-                             timeout=args.lookup_timeout, trusted=args.trusted)
+                             timeout=args.lookup_timeout, trusted=args.trusted,
+                             allow_loopback=args.allow_loopback)
     async with resolver:
         return await runtime.run_daemon(config_from(args), resolver, args)
 

@@ -69,6 +69,7 @@ class Config:
     suffix: str = DEFAULT_SUFFIX
     resend: int = 4
     trusted: tuple[str, ...] | None = None
+    allow_loopback: bool = False
     # -- per call --
     service: str = "sip.voice"
     min_delay: float = 1.0
@@ -154,7 +155,8 @@ class Config:
         """Keyword arguments for Resolver.shared / AsyncResolver (one per configuration)."""
         kw: dict[str, Any] = {"group": self.group, "port": self.mdns_port,
                               "interface": self.interface, "ttl": self.ttl,
-                              "suffix": self.suffix, "resend": self.resend}
+                              "suffix": self.suffix, "resend": self.resend,
+                              "allow_loopback": self.allow_loopback}
         if self.trusted is not None:
             kw["trusted"] = self.trusted
         return kw

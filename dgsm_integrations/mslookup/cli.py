@@ -176,6 +176,9 @@ def _parser() -> argparse.ArgumentParser:
                    help="re-send each query N more times within min-delay (default 4)")
     t.add_argument("--trusted", action="append", metavar="CIDR",
                    help="accept answers only from, and naming, these networks (repeatable)")
+    t.add_argument("--allow-loopback", action="store_true",
+                   help="accept answers naming 127.0.0.0/8 or ::1 (dropped by default: "
+                   "only a lab or tests have every site on one host)")
     d = p.add_argument_group("daemon")
     d.add_argument("-s", "--socket", metavar="PATH",
                    help="serve queries on this unix SOCK_SEQPACKET socket (with -d)")
@@ -228,7 +231,8 @@ class _Cli:
         return AsyncResolver(group=a.mdns_ip, port=a.mdns_port, interface=a.interface,
                              ttl=a.ttl, suffix=a.mdns_domain_suffix,
                              min_delay=a.min_delay / 1000, timeout=a.timeout / 1000,
-                             resend=a.resend, trusted=a.trusted)
+                             resend=a.resend, trusted=a.trusted,
+                             allow_loopback=a.allow_loopback)
 
     async def one_shot(self) -> int:
         if not self.json and not self.args.no_csv_headers:
