@@ -45,6 +45,8 @@ class Config:
     cause_invalid: int = CAUSE_INVALID
     # one call, start to end (env block, lookup, every reply)
     call_timeout: float = 5.0
+    # a connection must send its first byte (the AGI environment) this soon
+    first_byte_timeout: float = 2.0
     # FastAGI server
     listen: str = "127.0.0.1"
     listen_port: int = 4573
@@ -66,6 +68,8 @@ class Config:
             raise ConfigError("min-delay must be 0..60 s and timeout (0, 60] s")
         if not 0.1 <= self.call_timeout <= 300:
             raise ConfigError("call-timeout must be 0.1..300 s")
+        if not 0.05 <= self.first_byte_timeout <= 10:
+            raise ConfigError("first-byte-timeout must be 0.05..10 s")
         if self.lookup_timeout >= self.call_timeout:
             raise ConfigError(f"call-timeout ({self.call_timeout} s) must be longer than the "
                               f"lookup ({self.lookup_timeout} s)")
