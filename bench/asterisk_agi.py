@@ -74,7 +74,8 @@ def operator_venv() -> Path:
 async def bench_script(runs: int, tmp: Path) -> tuple[list[float], list[float]]:
     venv = OPERATOR_VENV
     conf = tmp / "asterisk.conf"
-    conf.write_text(f"interface = {LO}\nmdns-port = {MDNS_PORT}\nmin-delay = 1.0\n")
+    conf.write_text(f"interface = {LO}\nmdns-port = {MDNS_PORT}\nmin-delay = 1.0\n"
+                    "allow-loopback = yes\n")
     env = {k: v for k, v in os.environ.items()
            if k not in ("PYTHONPATH", "PYTHONDONTWRITEBYTECODE")}
     env["DGSM_AGI_CONFIG"] = str(conf)
@@ -138,7 +139,7 @@ async def bench_fastagi(rounds: int, sessions: int, spread: float,
         proc = await asyncio.create_subprocess_exec(
             sys.executable, *PROFILE, "-m", "dgsm_integrations.asterisk.fastagi",
             "--interface", LO, "--mdns-port", str(MDNS_PORT), "--listen-port", str(FASTAGI_PORT),
-            "--min-delay", str(min_delay), "--log-level", "info",
+            "--min-delay", str(min_delay), "--log-level", "info", "--allow-loopback", "yes",
             stderr=asyncio.subprocess.PIPE, env=dict(os.environ, PYTHONPATH=str(ROOT)))
         assert proc.stderr is not None
         added: list[float] = []

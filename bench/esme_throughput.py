@@ -81,7 +81,7 @@ async def start_sites() -> list[asyncio.subprocess.Process]:
 async def start_esme() -> asyncio.subprocess.Process:
     return await asyncio.create_subprocess_exec(
         sys.executable, "-m", "dgsm_integrations.esme", "--src-host", LOCAL,
-        "--mslookup-interface", "127.0.0.1", "--min-delay", str(MIN_DELAY),
+        "--mslookup-interface", "127.0.0.1", "--allow-loopback", "--min-delay", str(MIN_DELAY),
         "--trusted", "127.0.0.0/8",
         "--window", "64", "--log-level", "WARNING", stderr=asyncio.subprocess.DEVNULL,
         env=dict(os.environ, PYTHONPATH=str(ROOT)))

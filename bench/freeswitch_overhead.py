@@ -81,9 +81,10 @@ async def bench_esl(runs: int, burst: int) -> dict[str, list[float] | float]:
     out: dict[str, list[float] | float] = {}
     async with Responder(table, interface=LO, port=MDNS_PORT, source="127.0.0.11"):
         cfg = Config(interface=LO, mdns_port=MDNS_PORT, min_delay=0.2, listen_port=0,
-                     log_level="warning")
+                     log_level="warning", allow_loopback=True)
         async with EslServer(cfg) as server, \
-                AsyncResolver(interface=LO, port=MDNS_PORT, min_delay=0.2) as bare_resolver:
+                AsyncResolver(interface=LO, port=MDNS_PORT, min_delay=0.2,
+                              allow_loopback=True) as bare_resolver:
             assert server.port is not None
             server.keep_reports = runs + burst + 50
             wall: list[float] = []
@@ -129,7 +130,7 @@ async def bench_esl_split(rounds: int, sessions: int, spread: float,
     server = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "dgsm_integrations.freeswitch.server", "--interface", LO,
         "--mdns-port", str(port), "--listen", LO, "--listen-port", str(esl_port),
-        "--min-delay", str(min_delay), "--log-level", "info",
+        "--min-delay", str(min_delay), "--log-level", "info", "--allow-loopback", "yes",
         stderr=asyncio.subprocess.PIPE, env=env)
     assert server.stderr is not None
     added: list[float] = []
@@ -182,7 +183,8 @@ def main() -> int:
     asyncio.run_coroutine_threadsafe(responder.open(), loop).result(5)
     with tempfile.TemporaryDirectory() as tmp:
         conf = Path(tmp) / "freeswitch.conf"
-        conf.write_text(f"interface = {LO}\nmdns-port = {MDNS_PORT + 1}\nmin-delay = 0.2\n")
+        conf.write_text(f"interface = {LO}\nmdns-port = {MDNS_PORT + 1}\nmin-delay = 0.2\n"
+                        "allow-loopback = yes\n")
         os.environ["DGSM_FS_CONFIG"] = str(conf)
         added_mod, bare_mod = bench_module(runs)
     asyncio.run_coroutine_threadsafe(responder.close(), loop).result(5)

@@ -57,6 +57,8 @@ def add_mslookup_args(p: argparse.ArgumentParser) -> None:
     m.add_argument("--resend", metavar="N", help="extra copies of each query (4)")
     m.add_argument("--trusted", metavar="NETS",
                    help="comma-separated networks allowed to answer (all)")
+    m.add_argument("--allow-loopback", metavar="yes|no",
+                   help="accept answers naming 127.0.0.0/8 or ::1 (no; for a lab on one host)")
 
 
 def trust_problem(config: object) -> str | None:

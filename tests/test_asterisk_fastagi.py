@@ -41,6 +41,7 @@ def run(coro: Awaitable[T], limit: float = 60) -> T:
 
 def config(**kw: Any) -> Config:
     kw.setdefault("min_delay", 0.2)
+    kw.setdefault("allow_loopback", True)  # every test site is on this host
     return Config(interface=LO, mdns_port=PORT, listen="127.0.0.1", listen_port=0, **kw)
 
 
@@ -316,7 +317,7 @@ def test_sigterm_lets_the_call_finish_then_exits_0() -> None:
             proc = await asyncio.create_subprocess_exec(
                 sys.executable, "-m", "dgsm_integrations.asterisk.fastagi",
                 "--interface", LO, "--mdns-port", str(PORT), "--listen-port", "42721",
-                "--min-delay", "0.5", "--grace", "5",
+                "--min-delay", "0.5", "--grace", "5", "--allow-loopback", "yes",
                 stderr=subprocess.PIPE, env=dict(os.environ, PYTHONPATH=ROOT), cwd=ROOT)
             assert proc.stderr is not None
             try:

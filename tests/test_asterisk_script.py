@@ -50,7 +50,8 @@ async def sites(asked: asyncio.Event | None = None) -> AsyncIterator[None]:
 
 def settings(tmp: Path, extra: str = "") -> dict[str, str]:
     conf = tmp / "asterisk.conf"
-    conf.write_text(f"interface = 127.0.0.1\nmdns-port = {PORT}\nmin-delay = 0.2\n{extra}")
+    conf.write_text(f"interface = 127.0.0.1\nmdns-port = {PORT}\nmin-delay = 0.2\n"
+                    f"allow-loopback = yes\n{extra}")
     return dict(os.environ, PYTHONPATH=str(ROOT), DGSM_AGI_CONFIG=str(conf))
 
 
@@ -128,6 +129,17 @@ def test_stripped_argument_is_not_dialled(tmp_path: Path) -> None:
             assert [c[0] for c in ex.commands] == ["SET", "SET"]  # no Log with asterisk-log=no
             ex, log, status, _ = await agi(env, [], extension="1001")  # AGI(dgsm-agi)
             assert ex.variables["DGSM_RESULT"] == "found"
+    run(body())
+
+
+def test_loopback_answers_need_allow_loopback(tmp_path: Path) -> None:
+    """Issue 11 item 8: the per-call script drops unusable answers as the resolver does."""
+    async def body() -> None:
+        env = settings(tmp_path, "allow-loopback = no\n")  # the later line wins
+        async with sites():
+            ex, _log, status, _ = await agi(env, ["1001"])  # answered with 127.0.0.3
+            assert status == 0
+            assert ex.variables == {"DGSM_CAUSE": "1", "DGSM_RESULT": "not-found"}
     run(body())
 
 

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import json
 import os
+import resource
 import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -29,7 +30,8 @@ HLR = "gsup.hlr.901700000000001.imsi"
 def cli(*args: str, port: int = PORT, timeout: float = 15) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "dgsm_integrations.mslookup", "--interface", LO, "-M", str(port),
-         *args], capture_output=True, text=True, timeout=timeout, env=ENV, cwd=ROOT)
+         "--allow-loopback", *args],
+        capture_output=True, text=True, timeout=timeout, env=ENV, cwd=ROOT)
 
 
 def c_tool(distro: Distro) -> list[str]:
@@ -99,8 +101,8 @@ def test_help_teaches() -> None:
 
 def _daemon_query(path: str, query: str) -> tuple[str, list[str]]:
     with socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET) as s:
+        s.connect(path)  # blocking: a unix socket with a timeout fails at once when busy
         s.settimeout(10)
-        s.connect(path)
         header = s.recv(1024).decode()
         s.sendall(query.encode())
         rows = []
@@ -122,7 +124,8 @@ def _start_daemon(cmd: list[str], path: Path) -> subprocess.Popen[str]:
 def test_daemon_keeps_clients_apart(serve: subprocess.Popen[str], tmp_path: Path) -> None:
     path = tmp_path / "mslookup.sock"
     proc = _start_daemon([sys.executable, "-m", "dgsm_integrations.mslookup", "--interface",
-                          LO, "-M", str(PORT), "-t", "200", "-s", str(path), "-d"], path)
+                          LO, "-M", str(PORT), "--allow-loopback", "-t", "200", "-s",
+                          str(path), "-d"], path)
     try:
         from concurrent.futures import ThreadPoolExecutor
         queries = [ALICE, ALICE, "sip.voice.1002.msisdn", HLR, "sip.voice.x.msisdn"]
@@ -185,7 +188,7 @@ def test_our_client_against_c_tool_send(mslookup_utils_distro: Distro) -> None:
     listener = _group_listener()
     proc = subprocess.Popen(
         [sys.executable, "-m", "dgsm_integrations.mslookup", "--interface", LO, "-M",
-         str(PORT), "-f", "json", "-t", "2000", ALICE],
+         str(PORT), "--allow-loopback", "-f", "json", "-t", "2000", ALICE],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV, cwd=ROOT)
     try:
         listener.recvfrom(2048)  # our query went out
@@ -216,3 +219,133 @@ def test_our_send_reaches_the_c_tool(mslookup_utils_distro: Distro) -> None:
             proc.kill()
     assert json.loads(out) == {"query": HLR, "result": "result", "last": True, "age": 0,
                                "v4": ["127.0.0.9", "4222"]}
+
+
+# -- the daemon against hostile or careless clients (issue 11, items 1 and 7) -------------
+
+
+def _low_fd_limit(soft: int, hard: int) -> Callable[[], None]:
+    def apply() -> None:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+    return apply
+
+
+def _fds(pid: int) -> int:
+    return len(os.listdir(f"/proc/{pid}/fd"))
+
+
+def _wait_fds(pid: int, at_most: int, limit: float) -> int:
+    """Poll the daemon's open fds (another process: no event to await) until <= at_most."""
+    deadline = time.monotonic() + limit
+    while (n := _fds(pid)) > at_most and time.monotonic() < deadline:
+        time.sleep(0.02)
+    return n
+
+
+def _daemon(path: Path, *extra: str, soft: int = 64, hard: int = 96) -> subprocess.Popen[str]:
+    cmd = [sys.executable, "-m", "dgsm_integrations.mslookup", "--interface", LO, "-M",
+           str(PORT), "--allow-loopback", "-t", "100", "-s", str(path), "-d", *extra]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env=ENV, cwd=ROOT, preexec_fn=_low_fd_limit(soft, hard))
+    assert proc.stderr is not None
+    # ready once it says so: the socket file exists from bind(), before listen()
+    while "serving mslookup queries" not in (line := proc.stderr.readline()):
+        assert line, proc.communicate()
+    return proc
+
+
+def _connect(path: Path) -> socket.socket:
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    s.connect(str(path))
+    s.settimeout(10)
+    return s
+
+
+def test_daemon_survives_more_idle_clients_than_fds(serve: subprocess.Popen[str],
+                                                    tmp_path: Path) -> None:
+    """Regression: EMFILE out of accept() ended the daemon (and removed its socket)."""
+    path = tmp_path / "mslookup.sock"
+    proc = _daemon(path)  # soft limit 64, raised to the hard limit 96 at start
+    idle: list[socket.socket] = []
+    try:
+        for i in range(300):  # more clients than the daemon has fds
+            try:
+                idle.append(_connect(path))
+            except OSError as exc:
+                raise AssertionError(f"connect #{i}: {exc}; daemon {proc.poll()}") from exc
+        assert proc.poll() is None and path.exists()
+        # a real client is still served at once: a client silent longest makes room
+        started = time.monotonic()
+        header, rows = _daemon_query(str(path), HLR)
+        assert header == CSV_HEADERS
+        assert rows == [f"{HLR}\tresult\tlast\t0\t127.0.0.1\t4222\t\t"]
+        assert time.monotonic() - started < 2
+        assert _fds(proc.pid) <= 96
+        for s in idle:
+            s.close()
+        idle.clear()
+        # and once they are gone, many clients at once are served again
+        from concurrent.futures import ThreadPoolExecutor
+        with ThreadPoolExecutor(8) as pool:
+            answers = list(pool.map(lambda _: _daemon_query(str(path), HLR), range(40)))
+        assert all(rows and rows[0].startswith(HLR + "\tresult") for _, rows in answers)
+    finally:
+        for s in idle:
+            s.close()
+        proc.terminate()
+        _out, err = proc.communicate(timeout=10)
+    assert proc.returncode == 0 and not path.exists(), err
+    assert "Traceback" not in err
+    assert err.count("out of file descriptors") <= 1
+
+
+def test_departed_clients_release_their_lookups_at_once(serve: subprocess.Popen[str],
+                                                        tmp_path: Path) -> None:
+    """Regression: a client that left kept its lookup (and fd) until the lookup ended."""
+    path = tmp_path / "mslookup.sock"
+    proc = _daemon(path, "--max-wait", "3600000", soft=512, hard=512)
+    try:
+        baseline = _fds(proc.pid)
+        for _ in range(50):
+            with _connect(path) as s:
+                assert s.recv(1024) == CSV_HEADERS.encode()
+                s.sendall(b"3600000-3600000@sip.voice.1003.msisdn")
+        # each lookup would wait an hour; the 50 sockets must be closed now, not then
+        assert _wait_fds(proc.pid, baseline, 1.0) <= baseline
+        assert _daemon_query(str(path), HLR)[1][0].startswith(HLR + "\tresult")
+    finally:
+        proc.terminate()
+        proc.communicate(timeout=10)
+    assert proc.returncode == 0
+
+
+def test_daemon_caps_the_wait_a_client_asks_for(serve: subprocess.Popen[str],
+                                                tmp_path: Path) -> None:
+    path = tmp_path / "mslookup.sock"
+    proc = _daemon(path, "--max-wait", "2000", soft=512, hard=512)
+    try:
+        started = time.monotonic()
+        _, rows = _daemon_query(str(path), "3600000@" + ALICE)
+        assert rows == [f"{ALICE}\tERROR\t\t\t\t\t\t"]
+        assert time.monotonic() - started < 1
+        _, rows = _daemon_query(str(path), "100-2000@" + ALICE)  # within the cap: served
+        assert rows[0].startswith(ALICE + "\tresult\tnot-last\t5")
+    finally:
+        proc.terminate()
+        proc.communicate(timeout=10)
+    assert proc.returncode == 0
+    bad = cli("-s", str(tmp_path / "x.sock"), "-d", "-T", "5000", "--max-wait", "2000")
+    assert bad.returncode == 1 and "exceed --max-wait" in bad.stderr
+
+
+def test_loopback_answers_are_dropped_unless_allowed(serve: subprocess.Popen[str]) -> None:
+    """The C tool prints any address; ours drops unusable ones (loopback only when allowed)."""
+    args = [sys.executable, "-m", "dgsm_integrations.mslookup", "--interface", LO, "-M",
+            str(PORT), "-f", "json", "-t", "200", "-T", "200"]
+    strict = subprocess.run([*args, ALICE], capture_output=True, text=True, timeout=15,
+                            env=ENV, cwd=ROOT)
+    assert strict.returncode == 0
+    assert json.loads(strict.stdout)["result"] == "not-found"  # it names 127.0.0.2
+    assert "loopback" in strict.stderr and "allow_loopback" in strict.stderr
+    lab = cli("-f", "json", "-t", "200", "-T", "200", ALICE)  # cli() adds --allow-loopback
+    assert json.loads(lab.stdout)["v4"] == ["127.0.0.2", "5060"]

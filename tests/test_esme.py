@@ -55,7 +55,7 @@ class Village:
         self.table: dict[str, Record] = {}
         self.hlr = [Responder({}, interface=LO, port=PORT, source=f"127.0.0.{12 + i}")
                     for i in range(3)]
-        self.resolver = AsyncResolver(interface=LO, port=PORT, min_delay=0.1)
+        self.resolver = AsyncResolver(interface=LO, port=PORT, min_delay=0.1, allow_loopback=True)
         base: dict[str, Any] = dict(
             src_host=LOCAL, enquire_interval=30.0, backoff_min=0.05, backoff_max=0.2,
             connect_timeout=1.0, trust=TrustPolicy.build(["127.0.0.0/8", "192.0.2.0/24"]))
@@ -430,6 +430,34 @@ def test_malformed_pdus_answered_and_daemon_keeps_serving() -> None:
             assert await v.msc.deliver(mo_sms("1001", "2002", b"rebound")) == 0
             assert v.msc.max_bound["OSMPP"] == 1
     run(body())
+
+
+def test_a_flood_of_malformed_pdus_logs_one_record_and_a_summary(
+        caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Issue 11 item 10: one warning per malformed PDU let a peer flood the log."""
+    from dgsm_integrations._ratelimit import LogLimiter
+    from dgsm_integrations.esme import session
+
+    limited = LogLimiter(session.log)
+    monkeypatch.setattr(session, "_limited", limited, raising=False)
+
+    async def body() -> None:
+        async with Village() as v:
+            conn = v.msc.route()
+            assert conn is not None
+            good = pdu("deliver_sm", 900, **mo_sms("1001", "2002", b"ok"))
+            cut = good[:30]
+            cut = len(cut).to_bytes(4, "big") + cut[4:]
+            for seq in range(1000, 1500):
+                frame = cut[:12] + seq.to_bytes(4, "big") + cut[16:]
+                assert await v.msc.deliver_raw(conn, frame, seq) == Status.RINVMSGLEN
+            limited.flush()
+
+    with caplog.at_level("WARNING", logger="dgsm.esme.smpp"):
+        run(body())
+    messages = [r.getMessage() for r in caplog.records if r.name == "dgsm.esme.smpp"]
+    assert sum("malformed request" in m for m in messages) == 2, messages[:5]  # 1 + summary
+    assert '... and 499 more "malformed request"' in " ".join(messages)
 
 
 def test_smsc_drops_mid_stream_rebind_with_backoff() -> None:

@@ -60,7 +60,8 @@ async def village(**cfg: Any) -> AsyncIterator[tuple[SmscPeer, Responder, Esme]]
     """Test SMSC as the local MSC, one HLR stand-in, a resolver and the ESME."""
     local = SmscPeer(LOCAL)
     hlr = Responder({}, interface=LO, port=MDNS_PORT, source="127.0.0.12")
-    resolver = AsyncResolver(interface=LO, port=MDNS_PORT, min_delay=0.1)
+    resolver = AsyncResolver(interface=LO, port=MDNS_PORT, min_delay=0.1,
+                             allow_loopback=True)
     base: dict[str, Any] = dict(src_host=LOCAL, backoff_min=0.05, backoff_max=0.2,
                                 connect_timeout=1.0, trust=TrustPolicy.build(["127.0.0.0/8"]))
     base.update(cfg)
@@ -136,7 +137,8 @@ def test_coding_osmo_msc_does_not_know_is_refused_not_lost(msc: OsmoMsc) -> None
 def test_esme_binds_osmpp_to_real_osmo_msc_and_rebinds_after_restart(
         msc: OsmoMsc, caplog: pytest.LogCaptureFixture) -> None:
     async def body() -> None:
-        resolver = AsyncResolver(interface=LO, port=MDNS_PORT, min_delay=0.1)
+        resolver = AsyncResolver(interface=LO, port=MDNS_PORT, min_delay=0.1,
+                             allow_loopback=True)
         esme = Esme(EsmeConfig(src_host="127.0.0.1", src_port=MSC_PORT, backoff_min=0.05,
                                backoff_max=0.2, connect_timeout=1.0,
                                trust=TrustPolicy.build(["127.0.0.0/8"])), resolver)
@@ -168,7 +170,8 @@ def test_refused_bind_is_reported_and_retried(
         msc: OsmoMsc, caplog: pytest.LogCaptureFixture, system_id: str, password: str,
         status: int, words: str) -> None:
     async def body() -> None:
-        resolver = AsyncResolver(interface=LO, port=MDNS_PORT, min_delay=0.1)
+        resolver = AsyncResolver(interface=LO, port=MDNS_PORT, min_delay=0.1,
+                             allow_loopback=True)
         esme = Esme(EsmeConfig(src_host="127.0.0.1", src_port=MSC_PORT, system_id=system_id,
                                password=password, backoff_min=0.05, backoff_max=0.1,
                                connect_timeout=1.0, trust=TrustPolicy.build(["127.0.0.0/8"])),

@@ -78,8 +78,9 @@ def test_resend_after_expiry_is_delivered_not_swallowed(tmp_path: Path) -> None:
 def _daemon(db: Path, metrics: int) -> subprocess.Popen[bytes]:
     return subprocess.Popen(
         [sys.executable, "-m", "dgsm_integrations.esme", "--src-host", LOCAL,
-         "--mslookup-interface", LO, "--mslookup-port", str(PORT), "--min-delay", "0.1",
-         "--trusted", "127.0.0.0/8", "--queue", str(db), "--retry-min", "0.2", "--retry-max", "0.5",
+         "--mslookup-interface", LO, "--allow-loopback", "--mslookup-port", str(PORT),
+         "--min-delay", "0.1", "--trusted", "127.0.0.0/8",
+         "--queue", str(db), "--retry-min", "0.2", "--retry-max", "0.5",
          "--metrics-port", str(metrics), "--connect-timeout", "1", "--log-level", "WARNING"],
         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
 

@@ -62,6 +62,7 @@ def run(coro: Awaitable[T], limit: float = 60) -> T:
 
 def config(**kw: Any) -> Config:
     kw.setdefault("min_delay", 0.1)
+    kw.setdefault("allow_loopback", True)  # every test site is on this host
     return Config(interface=LO, mdns_port=PORT, listen="127.0.0.1", listen_port=0, **kw)
 
 
@@ -187,7 +188,7 @@ def test_found_not_found_ipv6_failover() -> None:
 
 def test_lookup_failure_is_temporary_failure() -> None:
     async def go() -> CallRecord:
-        resolver = AsyncResolver(interface=LO, port=PORT, min_delay=0.1)
+        resolver = AsyncResolver(interface=LO, port=PORT, min_delay=0.1, allow_loopback=True)
         async with EslServer(config(), resolver=resolver) as server:
             assert server.port is not None
             await resolver.close()  # the resolver can no longer look anything up
@@ -426,7 +427,8 @@ def test_help_teaches() -> None:
 def test_sigterm_stops_and_exits_0() -> None:
     proc = subprocess.Popen(
         [sys.executable, "-m", "dgsm_integrations.freeswitch.server", "--listen-port", "0",
-         "--interface", LO, "--mdns-port", str(PORT), "--min-delay", "0.1"],
+         "--interface", LO, "--mdns-port", str(PORT), "--min-delay", "0.1",
+          "--allow-loopback", "yes"],
         stderr=subprocess.PIPE, text=True, cwd=ROOT)
     try:
         assert proc.stderr is not None

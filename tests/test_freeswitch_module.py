@@ -55,7 +55,8 @@ def responder(table: dict[str, Record] | None = None,
 @pytest.fixture
 def fs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> ConsoleLog:
     conf = tmp_path / "freeswitch.conf"
-    conf.write_text(f"# test settings\ninterface = {LO}\nmdns-port = {PORT}\nmin-delay = 0.1\n")
+    conf.write_text(f"# test settings\ninterface = {LO}\nmdns-port = {PORT}\nmin-delay = 0.1\n"
+                    "allow-loopback = yes\n")
     monkeypatch.setenv("DGSM_FS_CONFIG", str(conf))
     monkeypatch.setenv("DGSM_VENV", sys.prefix)  # the venv the shim takes the package from
     return install()
@@ -121,7 +122,8 @@ def test_resolver_failure_is_temporary_failure(fs: ConsoleLog, tmp_path: Path,
                                                monkeypatch: pytest.MonkeyPatch) -> None:
     # 192.0.2.1 is no local address: the resolver cannot open its socket
     conf = tmp_path / "broken.conf"
-    conf.write_text(f"interface = 192.0.2.1\nmdns-port = {PORT}\nmin-delay = 0.1\n")
+    conf.write_text(f"interface = 192.0.2.1\nmdns-port = {PORT}\nmin-delay = 0.1\n"
+                    "allow-loopback = yes\n")
     monkeypatch.setenv("DGSM_FS_CONFIG", str(conf))
     session = call("1001")
     assert session.ending == ("hangup", "NORMAL_TEMPORARY_FAILURE")

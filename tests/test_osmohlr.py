@@ -38,7 +38,7 @@ def hlr(tmp_path: Path, hlr_distro: Distro) -> Iterator[OsmoHlr]:
 
 @pytest.fixture
 def resolver() -> Iterator[Resolver]:
-    with Resolver(interface=LO, min_delay=0.3) as r:
+    with Resolver(interface=LO, min_delay=0.3, allow_loopback=True) as r:
         yield r
 
 

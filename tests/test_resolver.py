@@ -8,7 +8,7 @@ import socket
 import subprocess
 import threading
 from collections.abc import Awaitable, Callable, Iterator
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import pytest
 
@@ -45,6 +45,7 @@ def site(n: int, table: dict[str, str], **kw: object) -> Responder:
 
 def resolver(**kw: object) -> AsyncResolver:
     kw.setdefault("min_delay", 0.2)
+    kw.setdefault("allow_loopback", True)  # the test sites name 127.0.0.x endpoints
     return AsyncResolver(interface=LO, port=PORT, **kw)  # type: ignore[arg-type]
 
 
@@ -286,8 +287,10 @@ def test_blocking_resolver_from_many_threads() -> None:
     thread = threading.Thread(target=loop.run_forever, daemon=True)
     thread.start()
     try:
-        shared = Resolver.shared(interface=LO, port=PORT, min_delay=0.2)
-        assert Resolver.shared(interface=LO, port=PORT, min_delay=0.2) is shared
+        kw: dict[str, Any] = {"interface": LO, "port": PORT, "min_delay": 0.2,
+                              "allow_loopback": True}
+        shared = Resolver.shared(**kw)
+        assert Resolver.shared(**kw) is shared
         with pytest.raises(InvalidQuery):
             shared.resolve("sip.voice.12a.msisdn")
         results: dict[int, object] = {}
@@ -308,8 +311,8 @@ def test_blocking_resolver_from_many_threads() -> None:
         assert [(x.outcome, x.last) for x in streamed] == [
             (Outcome.FOUND, False), (Outcome.NONE, True)]
         shared.close()
-        assert Resolver.shared(interface=LO, port=PORT, min_delay=0.2) is not shared
-        Resolver.shared(interface=LO, port=PORT, min_delay=0.2).close()
+        assert Resolver.shared(**kw) is not shared
+        Resolver.shared(**kw).close()
     finally:
         asyncio.run_coroutine_threadsafe(responder.close(), loop).result(5)
         loop.call_soon_threadsafe(loop.stop)
@@ -342,7 +345,8 @@ def test_ipv6_multicast_over_veth(veth: tuple[str, str], group: str) -> None:
         q = "sip.voice.1008.msisdn"
         async with Responder({q: Record.parse("6,127.0.0.4:5060,[fd00::4]:5060")},
                              group=group, port=PORT, interface=b), \
-                AsyncResolver(group=group, port=PORT, interface=a, min_delay=0.2) as r:
+                AsyncResolver(group=group, port=PORT, interface=a, min_delay=0.2,
+                              allow_loopback=True) as r:
             res = await r.resolve(q)
             assert res.found and res.v6 == Endpoint("fd00::4", 5060)
             assert res.v4 == Endpoint("127.0.0.4", 5060)
@@ -361,4 +365,83 @@ def test_stream_longer_than_min_delay_ends_at_timeout(answer: str | None) -> Non
                         else [(Outcome.NOT_FOUND, True)])
             assert [(x.outcome, x.last) for x in results] == expected
             assert 0.3 <= results[-1].elapsed < 0.4
+    run(body())
+
+
+# -- answers naming addresses no call or SMS can go to (issue 11, item 8) -----------------
+
+UNUSABLE = [
+    "0.0.0.0", "0.1.2.3", "255.255.255.255", "224.0.0.1", "239.192.23.42", "127.0.0.1",
+    "127.1.2.3", "::", "::1", "ff02::1", "fe80::1", "::ffff:10.0.0.2", "::ffff:127.0.0.1",
+]
+
+
+@pytest.mark.parametrize("host", UNUSABLE)
+def test_unusable_reason_table(host: str) -> None:
+    from dgsm_integrations.mslookup.model import unusable_reason
+    assert unusable_reason(Endpoint(host, 5060)) is not None
+    loopback = host in ("127.0.0.1", "127.1.2.3", "::1")
+    assert (unusable_reason(Endpoint(host, 5060), allow_loopback=True) is None) is loopback
+
+
+@pytest.mark.parametrize("host", ["10.0.0.2", "192.168.1.5", "169.254.0.7", "8.8.8.8",
+                                  "fd00::2", "2001:db8::5"])
+def test_usable_addresses_pass(host: str) -> None:
+    from dgsm_integrations.mslookup.model import unusable_reason
+    assert unusable_reason(Endpoint(host, 5060)) is None
+    assert unusable_reason(Endpoint(host, 0)) == "port 0"
+
+
+def _record(host: str, age: int = 0) -> Record:
+    ep = Endpoint(host, 5060)
+    return Record(age, v4=ep) if ep.family == 4 else Record(age, v6=ep)
+
+
+@pytest.mark.parametrize("host", UNUSABLE)
+def test_answers_naming_unusable_addresses_are_dropped(host: str,
+                                                       caplog: pytest.LogCaptureFixture) -> None:
+    async def body() -> None:
+        q = "sip.voice.1010.msisdn"
+        async with Responder({q: _record(host)}, interface=LO, port=PORT,
+                             source="127.0.0.11"), \
+                resolver(allow_loopback=False, resend=2) as r:
+            for _ in range(3):
+                res = await r.resolve(q)
+                assert res.outcome is Outcome.NOT_FOUND, res
+            # 3 lookups x 3 copies of the query, each answered: every answer is dropped (one
+            # to a copy sent late may arrive after its lookup ended: then it is unmatched)
+            assert r.stats.answers_accepted == 0 and r.stats.dropped_unusable >= 3
+            assert r.stats.dropped_unusable + r.stats.dropped_unmatched == 9
+    with caplog.at_level("WARNING", logger="dgsm.mslookup"):
+        run(body())
+    warnings = [rec for rec in caplog.records if "dropped the answer" in rec.getMessage()]
+    assert len(warnings) == 1  # logged once per site and address
+    assert "127.0.0.11" in warnings[0].getMessage()
+
+
+def test_an_unusable_answer_does_not_hide_a_good_one() -> None:
+    async def body() -> None:
+        q = "sip.voice.1011.msisdn"
+        async with site(1, {q: "0,0.0.0.0:5060"}), site(2, {q: "7,10.0.0.2:5060"}), \
+                resolver(allow_loopback=False) as r:
+            res = await r.resolve(q)
+            assert res.found and res.v4 == Endpoint("10.0.0.2", 5060) and res.age == 7
+            # one answer naming a good v4 and a link-local v6 is dropped as a whole
+        async with site(1, {q: "0,10.0.0.3:5060,[fe80::3]:5060"}), \
+                resolver(allow_loopback=False) as r:
+            assert (await r.resolve(q)).outcome is Outcome.NOT_FOUND
+            assert r.stats.dropped_unusable > 0
+    run(body())
+
+
+def test_loopback_only_with_allow_loopback() -> None:
+    async def body() -> None:
+        q = "sip.voice.1012.msisdn"
+        async with site(1, {q: "0,127.0.0.5:5060,[::1]:5060"}):
+            async with AsyncResolver(interface=LO, port=PORT, min_delay=0.2) as default:
+                assert not default.allow_loopback
+                assert (await default.resolve(q)).outcome is Outcome.NOT_FOUND
+            async with resolver(allow_loopback=True) as lab:
+                res = await lab.resolve(q)
+                assert res.found and res.v6 == Endpoint("::1", 5060)
     run(body())

@@ -22,6 +22,7 @@ from ..mslookup import (
     TransportError,
     WireError,
 )
+from ..mslookup.model import unusable_reason
 from ..mslookup.transport import open_socket
 from ..mslookup.wire import decode_answer, encode_query, is_answer
 
@@ -44,4 +45,5 @@ __all__ = [
     "encode_query",
     "is_answer",
     "open_socket",
+    "unusable_reason",
 ]

@@ -35,6 +35,7 @@ class Config:
     timeout: float | None = None
     resend: int = 4
     trusted: tuple[str, ...] | None = None
+    allow_loopback: bool = False
     # routing
     endpoint: str = "dgsm"
     service: str = "sip.voice"
@@ -46,6 +47,8 @@ class Config:
     call_timeout: float = 5.0
     # where the per-call line goes besides our own log: Asterisk's (notice, verbose) or not
     asterisk_log: str = "notice"
+    # a connection must send its first byte (the AGI environment) this soon
+    first_byte_timeout: float = 2.0
     # FastAGI server
     listen: str = "127.0.0.1"
     listen_port: int = 4573
@@ -67,6 +70,8 @@ class Config:
             raise ConfigError("min-delay must be 0..60 s and timeout (0, 60] s")
         if not 0.1 <= self.call_timeout <= 300:
             raise ConfigError("call-timeout must be 0.1..300 s")
+        if not 0.05 <= self.first_byte_timeout <= 10:
+            raise ConfigError("first-byte-timeout must be 0.05..10 s")
         if self.lookup_timeout >= self.call_timeout:
             raise ConfigError(f"call-timeout ({self.call_timeout} s) must be longer than the "
                               f"lookup ({self.lookup_timeout} s)")
@@ -94,7 +99,8 @@ class Config:
         kw: dict[str, Any] = {"group": self.group, "port": self.mdns_port,
                               "interface": self.interface, "ttl": self.ttl,
                               "suffix": self.suffix, "min_delay": self.min_delay,
-                              "timeout": self.timeout, "resend": self.resend}
+                              "timeout": self.timeout, "resend": self.resend,
+                              "allow_loopback": self.allow_loopback}
         if self.trusted is not None:
             kw["trusted"] = self.trusted
         return kw

@@ -15,7 +15,10 @@ sends the environment block, and waits for commands. For each connection the ser
    connection, and logs the line itself: ``call peer=... ext=... result=... agi=...
    lookup=...ms total=...ms added=...ms``.
 
-Every call ends within ``call-timeout``, whatever the peer does.
+Every call ends within ``call-timeout``, whatever the peer does. A connection that sends
+nothing within ``first-byte-timeout`` is closed before it counts as a call, and silent
+connections make room for new ones; running out of file descriptors pauses accepting with one
+log line (see :mod:`dgsm_integrations._listen`).
 """
 
 from __future__ import annotations
@@ -31,6 +34,8 @@ from dataclasses import dataclass, fields
 from dgsm_integrations.mslookup import AsyncResolver, InvalidQuery, MslookupError
 
 from .._daemon import add_mslookup_args, run_daemon
+from .._listen import Listener, connection_budget, start_stream_server
+from .._ratelimit import LogLimiter
 from .agi import (
     AgiEnv,
     AgiProtocolError,
@@ -179,14 +184,20 @@ class FastAgiServer:
         self._own_resolver = resolver is None
         self.resolver = resolver or AsyncResolver(**config.resolver_kwargs())
         self.stats = ServerStats()
-        self._server: asyncio.Server | None = None
+        self._server: Listener | None = None
         self._sessions: set[asyncio.Task[None]] = set()
+        self._limited = LogLimiter(log)
         self.port: int | None = None
 
     async def start(self) -> None:
         await self.resolver.open()
-        self._server = await asyncio.start_server(
-            self._accept, self.config.listen, self.config.listen_port, backlog=1024)
+        self._server = await start_stream_server(
+            self._accept, self.config.listen, self.config.listen_port, name="dgsm-fastagi",
+            log=log, first_byte_timeout=min(self.config.first_byte_timeout,
+                                            self.config.call_timeout),
+            max_connections=connection_budget(_with_headroom(self.config.max_sessions),
+                                              f"max-sessions {self.config.max_sessions}",
+                                              log))
         self.port = self._server.sockets[0].getsockname()[1]
         log.info("dgsm-fastagi listening on %s:%s (route /%s, endpoint %s, resolver %s)",
                  self.config.listen, self.port, self.config.route, self.config.endpoint,
@@ -195,6 +206,11 @@ class FastAgiServer:
             log.warning("no trusted networks: any host on the mslookup group can answer and "
                         "have calls sent to the address it names; set trusted = <your mesh "
                         "networks> in the config file")
+
+    @property
+    def listener(self) -> Listener | None:
+        """The accepting side (its ``stats``: silent, evicted, refused, fd_exhausted)."""
+        return self._server
 
     @property
     def active(self) -> int:
@@ -229,7 +245,8 @@ class FastAgiServer:
         assert task is not None
         if len(self._sessions) >= self.config.max_sessions:
             self.stats.busy += 1
-            log.warning("call refused: %d calls in progress (max-sessions)", len(self._sessions))
+            self._limited.warning("busy", "call refused: %d calls in progress (max-sessions)",
+                                  len(self._sessions))
             writer.close()
             return
         self._sessions.add(task)
@@ -375,6 +392,11 @@ class FastAgiServer:
         return "ok"
 
 
+def _with_headroom(calls: int) -> int:
+    """Connections to hold for ``calls`` calls: room for silent ones and refusals too."""
+    return calls + calls // 4 + 16
+
+
 def _peer(peer: object) -> str:
     if isinstance(peer, tuple) and len(peer) >= 2:
         return f"{peer[0]}:{peer[1]}"
@@ -434,6 +456,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--max-sessions", metavar="N", help="calls served at once (1000)")
     g.add_argument("--call-timeout", metavar="S",
                    help="a call never takes longer than this, lookup included (5.0)")
+    g.add_argument("--first-byte-timeout", metavar="S",
+                   help="close a connection that sends no AGI environment this soon (2.0)")
     g.add_argument("--grace", metavar="S", help="on SIGTERM, wait this long for calls (5.0)")
     g.add_argument("--log-level", help="debug, info (one line per call), warning, error")
     g.add_argument("--asterisk-log", metavar="notice|verbose|no",

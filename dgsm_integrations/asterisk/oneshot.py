@@ -3,8 +3,10 @@
 The AGI script is started per call, so it cannot share a resolver and must not pay for
 asyncio's import. This driver runs the same sans-I/O core as the resolver (``wire`` to
 encode and decode, ``Selection`` for libosmo-mslookup's timing, ``transport`` for the
-socket) with ``select()``: the query is sent at once and re-sent over the first window, junk
-and answers to other questions are dropped, and it returns by the lookup's timeout.
+socket) with ``select()``: the query is sent at once and re-sent over the first window, junk,
+answers to other questions and answers naming an unusable address (as the resolver, see
+:func:`~dgsm_integrations.mslookup.model.unusable_reason`) are dropped, and it returns by the
+lookup's timeout.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from ._core import (
     encode_query,
     is_answer,
     open_socket,
+    unusable_reason,
 )
 
 __all__ = ["lookup_once"]
@@ -57,6 +60,7 @@ def lookup_once(
     timeout: float | None = None,
     resend: int = 4,
     trusted: Iterable[str] | None = None,
+    allow_loopback: bool = False,
     clock: Callable[[], float] = time.monotonic,
 ) -> Result:
     """Resolve ``query`` once; never raises for anything the network does."""
@@ -93,8 +97,11 @@ def lookup_once(
                     answer = decode_answer(data, suffix)
                 except WireError:
                     continue
+                endpoints = [e for e in (answer.v4, answer.v6) if e is not None]
                 if answer.query.key != query.key or not all(
-                    _trusted(e.host, nets) for e in (answer.v4, answer.v6) if e is not None
+                    _trusted(e.host, nets)
+                    and unusable_reason(e, allow_loopback=allow_loopback) is None
+                    for e in endpoints
                 ):
                     continue
                 for result in selection.feed(answer, now, source):

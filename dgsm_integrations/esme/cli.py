@@ -109,6 +109,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "host on the mslookup group names (mslookup is unauthenticated)")
     g.add_argument("--untrusted-status", type=_status, default=d.untrusted_status,
                    help="command_status for an SMS whose lookup named an untrusted SMSC")
+    g.add_argument("--allow-loopback", action="store_true",
+                   help="accept answers naming 127.0.0.0/8 or ::1 (a lab on one host)")
     g = p.add_argument_group("store-and-forward (off by default)")
     g.add_argument("--queue", default=None, metavar="PATH",
                    help="SQLite file: accept an SMS whose recipient's site is unreachable or "
@@ -163,7 +165,8 @@ async def serve(args: argparse.Namespace) -> int:
     networks = None if trust.any_site or not trust.networks else trust.networks
     resolver = AsyncResolver(interface=args.mslookup_interface, group=args.mslookup_group,
                              port=args.mslookup_port, min_delay=args.min_delay,
-                             timeout=args.lookup_timeout, trusted=networks)
+                             timeout=args.lookup_timeout, trusted=networks,
+                             allow_loopback=args.allow_loopback)
     async with resolver:
         return await runtime.run_daemon(config, resolver, args)
 

@@ -17,11 +17,14 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
+from .._ratelimit import LogLimiter
 from .pdu import GENERIC_NACK, HEADER, MAX_PDU, MIN_PDU, Pdu, PduError, Status, build, decode
 
 __all__ = ["ConnectionLost", "SmppConnection", "SmppError"]
 
 log = logging.getLogger("dgsm.esme.smpp")
+#: what a peer can repeat per PDU is logged at most once (and a summary) per interval
+_limited = LogLimiter(log)
 
 RequestHandler = Callable[["SmppConnection", Pdu], None]
 
@@ -144,7 +147,8 @@ class SmppConnection:
             pdu = decode(frame)
         except PduError as exc:
             self.malformed += 1
-            log.warning("%s: malformed request seq=%d: %s", self.name, seq, exc)
+            _limited.warning("malformed request", "%s: malformed request seq=%d: %s",
+                             self.name, seq, exc)
             name = _request_name(cid)
             if name is not None and exc.status != Status.RINVCMDID:
                 self.respond((name, seq), exc.status)
@@ -154,26 +158,30 @@ class SmppConnection:
         try:
             self.on_request(self, pdu)
         except Exception:
-            log.exception("%s: request handler failed for %s", self.name, pdu.command)
+            _limited.log(logging.ERROR, "handler", "%s: request handler failed for %s",
+                         self.name, pdu.command, exc_info=True)
 
     def _response(self, frame: bytes, cid: int, seq: int) -> None:
         entry = self._pending.get(seq)
         if entry is None:
             self.unmatched += 1
-            log.debug("%s: response 0x%08x seq=%d to nothing we asked", self.name, cid, seq)
+            _limited.debug("unmatched response", "%s: response 0x%08x seq=%d to nothing we "
+                           "asked", self.name, cid, seq)
             return
         command, fut = entry
         try:
             pdu = decode(frame)
         except PduError as exc:
             self.malformed += 1
-            log.warning("%s: malformed response seq=%d: %s", self.name, seq, exc)
+            _limited.warning("malformed response", "%s: malformed response seq=%d: %s",
+                             self.name, seq, exc)
             if not fut.done():
                 fut.set_exception(SmppError(exc.status or Status.RSYSERR, command))
             return
         if cid != GENERIC_NACK and pdu.command != command + "_resp":
             self.unmatched += 1
-            log.warning("%s: %s answers %s seq=%d", self.name, pdu.command, command, seq)
+            _limited.warning("mismatched response", "%s: %s answers %s seq=%d", self.name,
+                             pdu.command, command, seq)
             return
         if not fut.done():
             if cid == GENERIC_NACK:

@@ -69,6 +69,7 @@ class Config:
     suffix: str = DEFAULT_SUFFIX
     resend: int = 4
     trusted: tuple[str, ...] | None = None
+    allow_loopback: bool = False
     # -- per call --
     service: str = "sip.voice"
     min_delay: float = 1.0
@@ -87,6 +88,7 @@ class Config:
     listen: str = "127.0.0.1"
     listen_port: int = 8084
     call_timeout: float = 5.0
+    first_byte_timeout: float = 2.0
     linger: int = 30
     bridge_timeout: float = 14400.0
     max_calls: int = 2000
@@ -131,6 +133,8 @@ class Config:
             raise ConfigError("listen-port must be 0..65535")
         if not 0.1 <= self.call_timeout <= 300:
             raise ConfigError("call-timeout must be 0.1..300 s")
+        if not 0.05 <= self.first_byte_timeout <= 10:
+            raise ConfigError("first-byte-timeout must be 0.05..10 s")
         if self.lookup_timeout >= self.call_timeout:
             raise ConfigError(f"call-timeout ({self.call_timeout} s) must be longer than the "
                               f"lookup ({self.lookup_timeout} s)")
@@ -154,7 +158,8 @@ class Config:
         """Keyword arguments for Resolver.shared / AsyncResolver (one per configuration)."""
         kw: dict[str, Any] = {"group": self.group, "port": self.mdns_port,
                               "interface": self.interface, "ttl": self.ttl,
-                              "suffix": self.suffix, "resend": self.resend}
+                              "suffix": self.suffix, "resend": self.resend,
+                              "allow_loopback": self.allow_loopback}
         if self.trusted is not None:
             kw["trusted"] = self.trusted
         return kw

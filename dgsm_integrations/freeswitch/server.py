@@ -18,7 +18,10 @@ connects to us once per call. For each connection the server:
 
 Anything off-protocol (a header line without ``:``, a bad Content-Length, a ``-ERR`` reply)
 ends that connection with a log line; FreeSWITCH then continues the dialplan after the
-``socket`` action, where the sample dialplan hangs up. Every phase has a time limit.
+``socket`` action, where the sample dialplan hangs up. Every phase has a time limit; a
+connection that has not answered ``connect`` within ``first-byte-timeout`` is closed before it
+counts as a call, silent connections make room for new ones, and running out of file
+descriptors pauses accepting with one log line (see :mod:`dgsm_integrations._listen`).
 """
 
 from __future__ import annotations
@@ -34,6 +37,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, fields
 
 from .._daemon import add_mslookup_args, run_daemon
+from .._listen import Listener, connection_budget, start_stream_server
+from .._ratelimit import LogLimiter
 from ..mslookup import AsyncResolver, MslookupError
 from ..settings import ConfigError
 from .config import Config
@@ -196,8 +201,9 @@ class EslServer:
                                                   min_delay=config.min_delay,
                                                   timeout=config.timeout)
         self.stats = ServerStats()
-        self._server: asyncio.Server | None = None
+        self._server: Listener | None = None
         self._calls: set[asyncio.Task[None]] = set()
+        self._limited = LogLimiter(log)
         self.port: int | None = None
         #: the last reports, for tests and the benchmark: (result, lookup_s, added_s)
         self.reports: list[tuple[str, float, float]] = []
@@ -205,8 +211,17 @@ class EslServer:
 
     async def start(self) -> None:
         await self.resolver.open()
-        self._server = await asyncio.start_server(
-            self._accept, self.config.listen, self.config.listen_port, backlog=1024)
+        # connect, myevents and linger leave the moment a connection is accepted (the
+        # listener's greeting); the reply to connect is the first byte we wait for
+        greeting = (b"connect\n\n" + command("myevents")
+                    + command(f"linger {self.config.linger}"))
+        self._server = await start_stream_server(
+            self._accept, self.config.listen, self.config.listen_port, name="dgsm-fs-esl",
+            log=log, greeting=greeting, admit=self._admit,
+            first_byte_timeout=min(self.config.first_byte_timeout, self.config.call_timeout),
+            # room beyond max-calls for connections not yet talking, and for refusals
+            max_connections=connection_budget(self.config.max_calls * 5 // 4 + 16,
+                                              f"max-calls {self.config.max_calls}", log))
         self.port = self._server.sockets[0].getsockname()[1]
         log.info("dgsm-fs-esl listening on %s:%s (profiles %s/%s, service %s, resolver %s)",
                  self.config.listen, self.port, self.config.profile, self.config.profile_v6,
@@ -215,6 +230,11 @@ class EslServer:
             log.warning("no trusted networks: any host on the mslookup group can answer and "
                         "have calls bridged to the address it names; set trusted = <your "
                         "mesh networks> in the config file")
+
+    @property
+    def listener(self) -> Listener | None:
+        """The accepting side (its ``stats``: silent, evicted, refused, fd_exhausted)."""
+        return self._server
 
     @property
     def active(self) -> int:
@@ -244,12 +264,22 @@ class EslServer:
     async def __aexit__(self, *exc: object) -> None:
         await self.close()
 
+    def _admit(self) -> bool:
+        """A new connection is refused before we send it anything when max-calls are busy."""
+        if len(self._calls) < self.config.max_calls:
+            return True
+        self.stats.busy += 1
+        self._limited.warning("busy", "call refused: %d calls in progress (max-calls)",
+                              len(self._calls))
+        return False
+
     async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         task = asyncio.current_task()
         assert task is not None
         if len(self._calls) >= self.config.max_calls:
             self.stats.busy += 1
-            log.warning("call refused: %d calls in progress (max-calls)", len(self._calls))
+            self._limited.warning("busy", "call refused: %d calls in progress (max-calls)",
+                                  len(self._calls))
             writer.close()
             return
         self._calls.add(task)
@@ -322,8 +352,7 @@ class EslServer:
 
     async def _route(self, conn: _Conn,
                      info: dict[str, str]) -> tuple[Decision | None, float]:
-        await conn.send(b"connect\n\n" + command("myevents")
-                        + command(f"linger {self.config.linger}"))
+        # connect, myevents and linger were sent on accept (see start)
         raw = await conn.reply("connect")
         channel = raw.decoded()
         if not channel.ok:
@@ -487,6 +516,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--max-calls", metavar="N", help="connections served at once (2000)")
     g.add_argument("--call-timeout", metavar="S",
                    help="from connect to bridge/hangup sent, lookup included (5.0)")
+    g.add_argument("--first-byte-timeout", metavar="S",
+                   help="close a connection that has not answered connect this soon (2.0)")
     g.add_argument("--linger", metavar="S",
                    help="ask FreeSWITCH to keep the socket this long after hangup (30)")
     g.add_argument("--bridge-timeout", metavar="S",

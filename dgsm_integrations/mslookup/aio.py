@@ -10,9 +10,12 @@ How a lookup runs:
   window (``min_delay``, or ``timeout`` when min_delay is 0), so one lost UDP packet on a
   lossy link does not make a subscriber "not found";
 - the receive loop silently drops (and counts) junk, queries (our own looped back, or other
-  sites'), answers from or pointing outside the trusted networks, and answers to nothing we
-  asked. Answers are matched by the name asked (service, id, id type); the packet id is not
-  required to match, since ``osmo-mslookup-client --send`` always sends id 0.
+  sites'), answers from or pointing outside the trusted networks, answers naming an address
+  no call or SMS can go to (:func:`~.model.unusable_reason`: unspecified, broadcast,
+  multicast, IPv6 link-local, port 0, loopback unless ``allow_loopback``), and answers to
+  nothing we asked. Answers are matched by the name asked (service, id, id type); the packet
+  id is not required to match, since ``osmo-mslookup-client --send`` always sends id 0;
+- per-packet log records are rate-limited (:mod:`dgsm_integrations._ratelimit`).
 """
 
 from __future__ import annotations
@@ -27,8 +30,9 @@ import socket
 from collections.abc import AsyncGenerator, Callable, Iterable
 from dataclasses import dataclass, field, fields, replace
 
+from .._ratelimit import LogLimiter
 from .errors import InvalidQuery, TransportError, WireError
-from .model import Answer, Endpoint, Outcome, Result
+from .model import Answer, Endpoint, Outcome, Result, unusable_reason
 from .query import DEFAULT_SUFFIX, Query, validate_suffix
 from .selection import Selection, Timing
 from .transport import (
@@ -43,6 +47,8 @@ from .wire import decode_answer, encode_query, is_answer
 __all__ = ["AnswerTrace", "AsyncResolver", "Stats", "as_query", "parse_networks"]
 
 log = logging.getLogger("dgsm.mslookup")
+#: How many (site, address) pairs of unusable answers are each logged once.
+_MAX_WARNED_UNUSABLE = 64
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 #: How many answers a flight remembers for callers that join it late.
@@ -73,6 +79,7 @@ class Stats:
     answers_accepted: int = 0
     dropped_malformed: int = 0
     dropped_untrusted: int = 0
+    dropped_unusable: int = 0
     dropped_unmatched: int = 0
     duplicates: int = 0
     kernel_drops: int = 0
@@ -154,7 +161,10 @@ class AsyncResolver:
     stream of results ends; a query string's own ``[delay-][timeout]@`` (ms) overrides both.
     ``resend`` extra copies of the query are spread over the first window
     (``resend_interval`` apart, default evenly). ``trusted``, if given, is a list of networks:
-    answers sent from elsewhere, or naming an address elsewhere, are dropped.
+    answers sent from elsewhere, or naming an address elsewhere, are dropped. Answers naming
+    an address no call or SMS can go to are always dropped (see
+    :func:`~.model.unusable_reason`); loopback addresses only pass with ``allow_loopback``
+    (tests and the lab, where every site is on one host).
     """
 
     def __init__(
@@ -170,6 +180,7 @@ class AsyncResolver:
         resend: int = 4,
         resend_interval: float | None = None,
         trusted: Iterable[str | Network] | None = None,
+        allow_loopback: bool = False,
     ) -> None:
         self.config = MulticastConfig(group, port, interface, ttl)
         self.suffix = validate_suffix(suffix)
@@ -183,10 +194,13 @@ class AsyncResolver:
         self.resend = resend
         self.resend_interval = resend_interval
         self.trusted = parse_networks(trusted)
+        self.allow_loopback = bool(allow_loopback)
         self.stats = Stats()
         #: set while every answer of the last TRUST_WINDOW s was dropped as untrusted
         self.trust_warning: str | None = None
         self._trust_mark: tuple[float, int, int] | None = None
+        self._limited = LogLimiter(log)
+        self._warned_unusable: set[tuple[str, str]] = set()
         self._sock: socket.socket | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._flights: dict[tuple[object, ...], _Flight] = {}
@@ -216,6 +230,7 @@ class AsyncResolver:
     async def close(self) -> None:
         """End every lookup in progress (with an error result) and close the socket."""
         self._closed = True
+        self._limited.flush()
         loop = self._loop
         for flight in list(self._flights.values()):
             for sub in list(flight.subscribers):
@@ -358,7 +373,8 @@ class AsyncResolver:
         except OSError as exc:
             self.stats.send_errors += 1
             flight.send_error = f"cannot send query: {exc.strerror or exc}"
-            log.warning("%s: %s", flight.query.domain, flight.send_error)
+            self._limited.warning("send error", "%s: %s", flight.query.domain,
+                                  flight.send_error)
         else:
             self.stats.queries_sent += 1
             flight.sent_ok += 1
@@ -452,7 +468,8 @@ class AsyncResolver:
             try:
                 sub.on_answer(trace)
             except Exception:
-                log.exception("on_answer callback failed")
+                self._limited.log(logging.ERROR, "on_answer", "on_answer callback failed",
+                                  exc_info=True)
         self._deliver(sub, results)
 
     def _is_trusted(self, host: str) -> bool:
@@ -462,6 +479,18 @@ class AsyncResolver:
         except ValueError:
             return False
         return any(ip in net for net in self.trusted)
+
+    def _warn_unusable(self, answer: Answer, source: str, endpoint: Endpoint,
+                       reason: str) -> None:
+        key = (source, endpoint.host)
+        if key in self._warned_unusable or len(self._warned_unusable) >= _MAX_WARNED_UNUSABLE:
+            self._limited.debug("unusable address", "dropped answer from %s naming %s", source,
+                                endpoint)
+            return
+        self._warned_unusable.add(key)
+        log.warning("dropped the answer from %s for %s: it names %s, %s; no call or SMS can "
+                    "go there (logged once per site and address; counted as dropped_unusable)",
+                    source, answer.query.domain, endpoint, reason)
 
     def _remember(self, data: bytes, answer: Answer | None) -> None:
         decoded = self._decoded
@@ -489,14 +518,15 @@ class AsyncResolver:
             except (BlockingIOError, InterruptedError):
                 return
             except OSError as exc:
-                log.debug("recvmsg failed: %s", exc)
+                self._limited.debug("recvmsg", "recvmsg failed: %s", exc)
                 return
             for level, kind, value in ancdata:
                 if level == socket.SOL_SOCKET and kind == SO_RXQ_OVFL and len(value) >= 4:
                     drops = int.from_bytes(value[:4], "little")
                     if drops > self.stats.kernel_drops:
-                        log.warning("kernel dropped %d mslookup datagrams (receive buffer "
-                                    "full)", drops - self.stats.kernel_drops)
+                        self._limited.warning(
+                            "kernel drops", "kernel dropped %d mslookup datagrams (receive "
+                            "buffer full; %d in all)", drops - self.stats.kernel_drops, drops)
                         self.stats.kernel_drops = drops
             source = str(addr[0]).split("%", 1)[0]
             if defer:
@@ -519,7 +549,7 @@ class AsyncResolver:
             return
         if self.trusted is not None and not self._is_trusted(source):
             stats.dropped_untrusted += 1
-            log.debug("dropped answer from untrusted %s", source)
+            self._limited.debug("untrusted source", "dropped answer from untrusted %s", source)
             return
         if data in self._decoded:
             stats.duplicates += 1
@@ -533,7 +563,8 @@ class AsyncResolver:
                 answer = decode_answer(data, self.suffix)
             except WireError as exc:
                 stats.dropped_malformed += 1
-                log.debug("dropped malformed answer from %s: %s", source, exc)
+                self._limited.debug("malformed answer", "dropped malformed answer from %s: %s",
+                                    source, exc)
                 self._remember(data, None)
                 return
             self._remember(data, answer)
@@ -545,8 +576,17 @@ class AsyncResolver:
             self._is_trusted(e.host) for e in (answer.v4, answer.v6) if e is not None
         ):
             stats.dropped_untrusted += 1
-            log.debug("dropped answer from %s naming an untrusted address", source)
+            self._limited.debug("untrusted address",
+                                "dropped answer from %s naming an untrusted address", source)
             return
+        for endpoint in (answer.v4, answer.v6):
+            reason = None if endpoint is None else unusable_reason(
+                endpoint, allow_loopback=self.allow_loopback)
+            if reason is not None:
+                assert endpoint is not None
+                stats.dropped_unusable += 1
+                self._warn_unusable(answer, source, endpoint, reason)
+                return
         stats.answers_accepted += 1
         assert self._loop is not None
         now = self._loop.time()

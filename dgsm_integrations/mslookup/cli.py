@@ -21,6 +21,8 @@ from collections.abc import Callable
 from typing import NoReturn
 
 from .. import __version__
+from .._listen import Listener, connection_budget
+from .._ratelimit import LogLimiter
 from .aio import AnswerTrace, AsyncResolver
 from .errors import InvalidQuery, MslookupError, TransportError
 from .model import Endpoint, Outcome, Result
@@ -34,7 +36,10 @@ __all__ = ["format_csv", "format_error", "format_json", "main"]
 CSV_HEADERS = "query\tresult\tlast\tage\tv4_ip\tv4_port\tv6_ip\tv6_port"
 EXIT_OK, EXIT_INVALID, EXIT_FAILURE, EXIT_NOT_FOUND = 0, 1, 2, 3
 MAX_CLIENTS = 1024
+#: A daemon client must send its query this soon after connecting (seconds).
 CLIENT_READ_TIMEOUT = 10.0
+#: The longest a daemon client's query may ask to wait, by default (milliseconds).
+DEFAULT_MAX_WAIT_MS = 60_000
 _RESULT_NAMES = {Outcome.FOUND: "result", Outcome.NOT_FOUND: "not-found", Outcome.NONE: "none"}
 
 log = logging.getLogger("dgsm.mslookup.cli")
@@ -176,10 +181,19 @@ def _parser() -> argparse.ArgumentParser:
                    help="re-send each query N more times within min-delay (default 4)")
     t.add_argument("--trusted", action="append", metavar="CIDR",
                    help="accept answers only from, and naming, these networks (repeatable)")
+    t.add_argument("--allow-loopback", action="store_true",
+                   help="accept answers naming 127.0.0.0/8 or ::1 (dropped by default: "
+                   "only a lab or tests have every site on one host)")
     d = p.add_argument_group("daemon")
     d.add_argument("-s", "--socket", metavar="PATH",
                    help="serve queries on this unix SOCK_SEQPACKET socket (with -d)")
     d.add_argument("-d", "--daemon", action="store_true", help="keep running (with -s)")
+    d.add_argument("--max-clients", type=int, default=MAX_CLIENTS, metavar="N",
+                   help="clients served at once (default %(default)s; fewer if the open-file "
+                   "limit cannot hold them); beyond, a client is closed at once")
+    d.add_argument("--max-wait", type=_positive_ms, default=DEFAULT_MAX_WAIT_MS, metavar="MS",
+                   help="longest wait a client's query may ask for with DELAY-TIMEOUT@ "
+                   "(default %(default)s); a longer one gets an ERROR row")
     p.add_argument("-S", "--send", action="store_true",
                    help="send one answer instead: -S QUERY AGE IP PORT [IP PORT]")
     p.add_argument("-V", "--version", action="version",
@@ -213,6 +227,7 @@ class _Cli:
             self.json = False
         else:
             raise InvalidQuery(f"invalid format {fmt!r}: need csv or json")
+        self._limited = LogLimiter(log)
 
     def err(self, message: str) -> None:
         if not self.args.quiet:
@@ -228,7 +243,8 @@ class _Cli:
         return AsyncResolver(group=a.mdns_ip, port=a.mdns_port, interface=a.interface,
                              ttl=a.ttl, suffix=a.mdns_domain_suffix,
                              min_delay=a.min_delay / 1000, timeout=a.timeout / 1000,
-                             resend=a.resend, trusted=a.trusted)
+                             resend=a.resend, trusted=a.trusted,
+                             allow_loopback=a.allow_loopback)
 
     async def one_shot(self) -> int:
         if not self.json and not self.args.no_csv_headers:
@@ -267,7 +283,14 @@ class _Cli:
         return EXIT_NOT_FOUND if EXIT_NOT_FOUND in codes else EXIT_OK
 
     async def daemon(self) -> int:
-        path = self.args.socket
+        a = self.args
+        if not 1 <= a.max_clients <= 100_000:
+            raise InvalidQuery(f"--max-clients must be 1..100000, not {a.max_clients}")
+        max_wait = a.max_wait / 1000
+        if max(a.min_delay, a.timeout) / 1000 > max_wait:
+            raise InvalidQuery(f"-t/-T ({max(a.min_delay, a.timeout)} ms) exceed --max-wait "
+                               f"({a.max_wait} ms)")
+        path = a.socket
         _remove_stale_socket(path)
         server = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         try:
@@ -275,47 +298,44 @@ class _Cli:
         except OSError as exc:
             server.close()
             raise TransportError(f"cannot bind unix socket {path}: {exc.strerror}") from exc
-        server.listen(64)
-        server.setblocking(False)
-        loop = asyncio.get_running_loop()
-        stop = asyncio.Event()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, stop.set)
-        clients: set[asyncio.Task[None]] = set()
-        self.err(f"serving mslookup queries on {path}")
         try:
+            server.listen(64)
+            server.setblocking(False)
+            max_clients = connection_budget(a.max_clients, f"--max-clients {a.max_clients}",
+                                            log)
+            loop = asyncio.get_running_loop()
+            stop = asyncio.Event()
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                loop.add_signal_handler(sig, stop.set)
             async with self.resolver() as resolver:
-                accept = asyncio.ensure_future(loop.sock_accept(server))
-                stopping = asyncio.ensure_future(stop.wait())
-                while True:
-                    done, _ = await asyncio.wait({accept, stopping},
-                                                 return_when=asyncio.FIRST_COMPLETED)
-                    if stopping in done:
-                        accept.cancel()
-                        break
-                    conn, _addr = accept.result()
-                    accept = asyncio.ensure_future(loop.sock_accept(server))
-                    if len(clients) >= MAX_CLIENTS:
-                        conn.close()
-                        continue
-                    task = asyncio.ensure_future(self._client(resolver, conn))
-                    clients.add(task)
-                    task.add_done_callback(clients.discard)
-                for task in list(clients):
-                    task.cancel()
-                await asyncio.gather(*clients, return_exceptions=True)
+
+                async def client(conn: socket.socket, _peer: object) -> None:
+                    await self._client(resolver, conn, max_wait)
+
+                header = b"" if self.json or a.no_csv_headers else CSV_HEADERS.encode()
+                # Each client's first packet (its query) must come within
+                # CLIENT_READ_TIMEOUT; silent ones make room for new clients (see _listen).
+                listener = Listener([server], client, name="dgsm-mslookup daemon", log=log,
+                                    max_connections=max_clients,
+                                    first_byte_timeout=CLIENT_READ_TIMEOUT, greeting=header)
+                listener.start()
+                self.err(f"serving mslookup queries on {path} (at most {max_clients} clients)")
+                try:
+                    await stop.wait()
+                finally:
+                    listener.close()
+                    await listener.cancel_all()
+                    self._limited.flush()
         finally:
             server.close()
             with contextlib.suppress(OSError):
                 os.unlink(path)
         return EXIT_OK
 
-    async def _client(self, resolver: AsyncResolver, conn: socket.socket) -> None:
+    async def _client(self, resolver: AsyncResolver, conn: socket.socket,
+                      max_wait: float) -> None:
         loop = asyncio.get_running_loop()
-        conn.setblocking(False)
         try:
-            if not self.json and not self.args.no_csv_headers:
-                await loop.sock_sendall(conn, CSV_HEADERS.encode())
             packet = await asyncio.wait_for(loop.sock_recv(conn, 1024), CLIENT_READ_TIMEOUT)
             if not packet:
                 return
@@ -323,28 +343,55 @@ class _Cli:
             shown = _printable(_domain_part(text))
             try:
                 query = Query.parse(text)
+                timing = resolver.timing(query)
+                wait = max(timing.min_delay, timing.timeout)
+                if wait > max_wait:
+                    raise InvalidQuery(f"asks to wait {wait * 1000:.0f} ms, more than "
+                                       f"--max-wait {max_wait * 1000:.0f} ms")
             except InvalidQuery as exc:
-                log.info("daemon: invalid query %r: %s", shown, exc)
+                self._limited.info("invalid query", "daemon: invalid query %r: %s", shown, exc)
                 await loop.sock_sendall(conn, format_error(shown, self.json).encode())
                 return
-            # a second query on the same connection is refused, as in the C tool
-            extra = asyncio.ensure_future(loop.sock_recv(conn, 1024))
-            async with contextlib.aclosing(resolver.stream(query)) as results:
-                async for result in results:
-                    if extra.done():
-                        more = extra.result()
-                        if not more:
-                            return  # client went away: the lookup is cancelled
-                        await loop.sock_sendall(conn, format_error(
-                            _printable(_domain_part(more.decode("ascii", "replace").strip())),
-                            self.json).encode())
-                        extra = asyncio.ensure_future(loop.sock_recv(conn, 1024))
-                    await loop.sock_sendall(conn, self.fmt(shown, result).encode())
-            extra.cancel()
+            await self._results(resolver, conn, query, shown)
         except (OSError, TimeoutError):
             pass
         finally:
             conn.close()
+
+    async def _results(self, resolver: AsyncResolver, conn: socket.socket, query: Query,
+                       shown: str) -> None:
+        """Send the lookup's results; end it the moment the client goes away."""
+        loop = asyncio.get_running_loop()
+        results = resolver.stream(query)
+        # the socket is read all along: EOF (the client left) cancels the lookup at once,
+        # and a second query on the same connection is refused, as in the C tool
+        extra = asyncio.ensure_future(loop.sock_recv(conn, 1024))
+        step: asyncio.Future[Result] | None = None
+        try:
+            while True:
+                step = asyncio.ensure_future(anext(results))
+                while not step.done():
+                    await asyncio.wait({step, extra}, return_when=asyncio.FIRST_COMPLETED)
+                    if not extra.done():
+                        continue
+                    more = extra.result()  # OSError: the client is gone
+                    if not more:
+                        return  # the client left: the lookup ends now
+                    await loop.sock_sendall(conn, format_error(
+                        _printable(_domain_part(more.decode("ascii", "replace").strip())),
+                        self.json).encode())
+                    extra = asyncio.ensure_future(loop.sock_recv(conn, 1024))
+                result = step.result()
+                await loop.sock_sendall(conn, self.fmt(shown, result).encode())
+                if result.last:
+                    return
+        finally:
+            extra.cancel()
+            if step is not None and not step.done():
+                step.cancel()
+                with contextlib.suppress(asyncio.CancelledError, StopAsyncIteration):
+                    await step
+            await results.aclose()
 
 
 def _remove_stale_socket(path: str) -> None:

@@ -5,11 +5,12 @@ from __future__ import annotations
 import ipaddress
 from dataclasses import dataclass
 from enum import StrEnum
+from functools import lru_cache
 
 from .errors import InvalidQuery
 from .query import Query
 
-__all__ = ["Answer", "Endpoint", "Outcome", "Result"]
+__all__ = ["Answer", "Endpoint", "Outcome", "Result", "unusable_reason"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,6 +69,40 @@ class Answer:
             raise InvalidQuery(f"v6 endpoint {self.v6} is not IPv6")
         if not 0 <= self.age <= 0xFFFFFFFF:
             raise InvalidQuery(f"age {self.age} out of range")
+
+
+def unusable_reason(endpoint: Endpoint, *, allow_loopback: bool = False) -> str | None:
+    """Why no call or SMS can be sent to ``endpoint``, or None when it is usable.
+
+    Unusable: the unspecified address (``0.0.0.0/8``, ``::``), the broadcast address
+    ``255.255.255.255``, multicast (``224.0.0.0/4``, ``ff00::/8``), IPv6 link-local
+    (``fe80::/10``: an answer cannot carry the zone it needs), IPv4-mapped IPv6 addresses
+    (an IPv4 address belongs in the A record), port 0, and loopback (``127.0.0.0/8``,
+    ``::1``) unless ``allow_loopback`` (a lab or tests, with every site on one host).
+    """
+    if endpoint.port == 0:
+        return "port 0"
+    return _host_reason(endpoint.host, allow_loopback)
+
+
+@lru_cache(maxsize=1024)
+def _host_reason(host: str, allow_loopback: bool) -> str | None:
+    """unusable_reason() of an address; cached: every answer of a site names the same few
+    (8 us a call uncached, on the path of every answer)."""
+    ip = ipaddress.ip_address(host)
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        return "an IPv4-mapped IPv6 address"
+    if ip.is_unspecified or (ip.version == 4 and ip.packed[0] == 0):
+        return "the unspecified address"
+    if ip.version == 4 and ip.packed == b"\xff\xff\xff\xff":
+        return "the broadcast address"
+    if ip.is_multicast:
+        return "a multicast address"
+    if ip.version == 6 and ip.is_link_local:
+        return "an IPv6 link-local address (an answer cannot carry its zone)"
+    if ip.is_loopback and not allow_loopback:
+        return "a loopback address (allowed only with allow_loopback)"
+    return None
 
 
 class Outcome(StrEnum):

@@ -15,6 +15,7 @@ import socket
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
+from .._ratelimit import LogLimiter
 from .aio import as_query
 from .errors import InvalidQuery, TransportError, WireError
 from .model import Endpoint
@@ -25,6 +26,7 @@ from .wire import decode_query, encode_answer, is_answer
 __all__ = ["Record", "Responder"]
 
 log = logging.getLogger("dgsm.mslookup.responder")
+_limited = LogLimiter(log)  # per-packet records: at most one (and a summary) per interval
 
 _ENDPOINT = re.compile(r"\[(?P<v6>[0-9A-Fa-f:.]+)\]:(?P<p6>[0-9]+)|(?P<v4>[0-9.]+):(?P<p4>[0-9]+)")
 
@@ -166,7 +168,7 @@ class Responder:
             except (BlockingIOError, InterruptedError):
                 return
             except OSError as exc:
-                log.debug("recvfrom failed: %s", exc)
+                _limited.debug("recvfrom", "recvfrom failed: %s", exc)
                 return
             self._datagram(data)
 
@@ -177,13 +179,14 @@ class Responder:
             packet_id, query = decode_query(data, self.suffix)
         except WireError as exc:
             self.malformed += 1
-            log.debug("ignored malformed query: %s", exc)
+            _limited.debug("malformed query", "ignored malformed query: %s", exc)
             return
         self.queries += 1
         try:
             record = self.lookup(query)
         except Exception:
-            log.exception("responder handler failed for %s", query.domain)
+            _limited.log(logging.ERROR, "handler", "responder handler failed for %s",
+                         query.domain, exc_info=True)
             return
         if record is None:
             return
@@ -221,6 +224,9 @@ class Responder:
         except OSError as exc:
             self.send_errors += 1
             # a firewall dropping every answer must not flood the log: warn once per errno
-            level = logging.DEBUG if exc.errno in self._warned else logging.WARNING
-            self._warned.add(exc.errno)
-            log.log(level, "cannot send mslookup answer: %s (%d so far)", exc, self.send_errors)
+            if exc.errno in self._warned:
+                _limited.debug("send error", "cannot send mslookup answer: %s (%d so far)",
+                               exc, self.send_errors)
+            else:
+                self._warned.add(exc.errno)
+                log.warning("cannot send mslookup answer: %s (%d so far)", exc, self.send_errors)
