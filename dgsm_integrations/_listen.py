@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import errno
 import logging
 import os
@@ -42,6 +43,7 @@ __all__ = [
     "FD_RESERVE",
     "Listener",
     "ListenerStats",
+    "accepted_at",
     "bind_tcp",
     "connection_budget",
     "raise_nofile_limit",
@@ -57,6 +59,9 @@ EPISODE_GAP = 10.0
 _RESOURCE_ERRORS = (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM)
 
 Handler = Callable[[socket.socket, Any], Coroutine[Any, Any, None]]
+
+#: In a connection's handler task: the loop time at which the connection was accepted.
+accepted_at: contextvars.ContextVar[float] = contextvars.ContextVar("accepted_at")
 
 
 def raise_nofile_limit() -> tuple[int, int]:
@@ -268,7 +273,7 @@ class Listener:
             conn.close()
             return
         if self.first_byte_timeout is None:
-            self._serve(conn, peer)
+            self._serve(conn, peer, self._loop.time())
             return
         fd = conn.fileno()
         self._waiting[fd] = _Waiting(conn, peer, self._loop.time())
@@ -297,7 +302,7 @@ class Listener:
             conn.close()
             self._resume()
             return
-        self._serve(conn, waiting.peer)
+        self._serve(conn, waiting.peer, waiting.since)
 
     def _drop(self, fd: int) -> _Waiting | None:
         waiting = self._waiting.pop(fd, None)
@@ -361,8 +366,12 @@ class Listener:
 
     # -- connections being served ----------------------------------------------------------
 
-    def _serve(self, conn: socket.socket, peer: Any) -> None:
-        task = self._loop.create_task(self._handler(conn, peer))
+    def _serve(self, conn: socket.socket, peer: Any, since: float) -> None:
+        """Run the handler; :data:`accepted_at` tells it when the connection was accepted
+        (before the greeting and the wait for the first byte)."""
+        context = contextvars.copy_context()
+        context.run(accepted_at.set, since)
+        task = self._loop.create_task(self._handler(conn, peer), context=context)
         self._tasks.add(task)
         task.add_done_callback(self._ended)
 

@@ -19,11 +19,12 @@ import logging
 import re
 import socket
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import pytest
 
+from dgsm_integrations.lab.agi_peer import env_block
 from dgsm_integrations.lab.distro import default_osmocom
 from dgsm_integrations.lab.network import SIP_PORT, Lab
 from dgsm_integrations.lab.pbx import PbxCall
@@ -212,22 +213,36 @@ def test_fastagi_down_and_refusing_give_503(net: Net, alice: str) -> None:
         assert c.sip is not None and c.sip.code == 503, c
         assert net.asterisk_log(r"WARNING.*the AGI did not run \(AGISTATUS=FAILURE\)")
         # at max-sessions the server closes the connection at once: AGISTATUS is SUCCESS,
-        # but no DGSM_RESULT came, and the log says so (not "AGI failed: ...SUCCESS")
-        net.s.start_fastagi(max_sessions=1)
+        # but no DGSM_RESULT came, and the log says so (not "AGI failed: ...SUCCESS").
+        # The one session is a call in progress (an idle connection would be dropped to
+        # make room): a lookup of an unknown number that waits its whole 3 s min-delay.
+        net.s.start_fastagi(max_sessions=1, min_delay=3.0)
         b = net.lab["B"]
-        with b.entered():  # a connection that takes the one session and says nothing
+        with b.entered():
             hold = socket.create_connection((b.addr, FASTAGI_PORT), timeout=5)
         try:
+            hold.sendall(env_block([], network_script="dgsm?service=sip.voice",
+                                   extension="5550002"))
+            fastagi = net.s.fastagi
+            assert fastagi is not None
+            b.loop.run(_until(lambda: fastagi.active == 1))
             c = net.place("fastagi", alice)
             assert c.sip is not None and c.sip.code == 503, c
             assert net.asterisk_log(r"WARNING.*no result from dgsm-fastagi")
-            assert net.s.fastagi is not None and net.s.fastagi.stats.busy >= 1
+            assert fastagi.stats.busy >= 1
         finally:
             hold.close()
     finally:
         net.s.start_fastagi()
     c = net.place("fastagi", alice)
     assert c.sip is not None and c.sip.code == 200
+
+
+async def _until(predicate: Callable[[], bool], limit: float = 5.0) -> None:
+    """Wait (bounded) for server state that has no event of its own."""
+    async with asyncio.timeout(limit):
+        while not predicate():
+            await asyncio.sleep(0.01)
 
 
 @pytest.mark.parametrize("way", WAYS)

@@ -167,7 +167,8 @@ def test_credentials_parsing(tmp_path: Path) -> None:
 def _daemon(*extra: str) -> subprocess.Popen[bytes]:
     return subprocess.Popen(
         [sys.executable, "-m", "dgsm_integrations.esme", "--src-host", LOCAL,
-         "--mslookup-interface", LO, "--mslookup-port", str(PORT), "--min-delay", "0.3",
+         "--mslookup-interface", LO, "--allow-loopback", "--mslookup-port", str(PORT),
+         "--min-delay", "0.3",
          "--connect-timeout", "1", "--log-level", "INFO", *extra],
         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
 

@@ -37,7 +37,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, fields
 
 from .._daemon import add_mslookup_args, run_daemon
-from .._listen import Listener, connection_budget, start_stream_server
+from .._listen import Listener, accepted_at, connection_budget, start_stream_server
 from .._ratelimit import LogLimiter
 from ..mslookup import AsyncResolver, MslookupError
 from ..settings import ConfigError
@@ -290,8 +290,11 @@ class EslServer:
 
     async def _call(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         loop = asyncio.get_running_loop()
-        start = loop.time()
+        # from FreeSWITCH's connect: ``connect`` went out on accept, so the wait for its
+        # reply (FreeSWITCH's, often the longest under load) is part of fs-wait
+        start = accepted_at.get(loop.time())
         conn = _Conn(reader, writer)
+        conn.waited = loop.time() - start
         pump = asyncio.create_task(conn.pump())
         info: dict[str, str] = {"uuid": "-", "dest": "-", "esl": "-"}
         decision: Decision | None = None
