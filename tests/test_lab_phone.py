@@ -15,9 +15,15 @@ when the phone switches off.
 
 from __future__ import annotations
 
+import contextlib
+import socket
+import struct
+import threading
+import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -27,6 +33,7 @@ from dgsm_integrations.lab.osmomsc import AInterface
 from dgsm_integrations.lab.osmomsc import OsmoMsc as LabMsc
 from dgsm_integrations.lab.osmostp import OsmoStp
 from dgsm_integrations.lab.phone import LabPhone, PhoneError
+from dgsm_integrations.lab.smsc import mo_sms, parse, pdu
 from dgsm_integrations.mslookup import AsyncResolver, Result
 
 from .peers import require_binary
@@ -34,6 +41,8 @@ from .peers.osmomsc import OsmoMsc
 
 MSC_NAME = "MSC-A"
 IMSI, MSISDN = "901700000004242", "4242"
+SMPP_PORT = 42790
+RSYSERR = 0x08
 
 
 @dataclass
@@ -54,7 +63,7 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
         assert v.hlr is not None
         v.provision(IMSI, MSISDN)
         with OsmoStp(Path(v.workdir) / "stp", netns=v.ns) as stp, \
-                OsmoMsc(Path(v.workdir) / "msc", 42790, hlr_ip=v.addr, netns=v.ns,
+                OsmoMsc(Path(v.workdir) / "msc", SMPP_PORT, hlr_ip=v.addr, netns=v.ns,
                         a_interface=AInterface(ipa_name=MSC_NAME)) as msc:
             yield Site(v, v.hlr, stp, msc)
 
@@ -124,3 +133,152 @@ def test_unknown_subscriber_is_rejected(site: Site) -> None:
             pytest.raises(PhoneError, match="LOCATION UPDATING REJECT"):
         handset.location_update()
 
+
+
+# -- MO SMS: the phone's SMS leaves the real osmo-msc as deliver_sm ------------------------
+
+
+@dataclass
+class Osmpp:
+    """The ESME's side of osmo-msc's default route: binds OSMPP as a transceiver (inside the
+    village), answers the next deliver_sm with ``status`` and keeps it. Every read has a
+    deadline; it runs on a thread while the phone's MO SMS waits for osmo-msc's RP-ACK."""
+
+    village: Village
+    password: str
+    status: int = 0
+    delivered: list[Any] = field(default_factory=list)
+    other: list[str] = field(default_factory=list)
+    error: BaseException | None = None
+
+    def __post_init__(self) -> None:
+        with self.village.entered():
+            self.sock = socket.create_connection(("127.0.0.1", SMPP_PORT), timeout=10)
+        self.sock.sendall(pdu("bind_transceiver", 1, system_id="OSMPP", password=self.password,
+                              interface_version=0x34))
+        resp = self._read(time.monotonic() + 10)
+        assert (resp.command, resp.status) == ("bind_transceiver_resp", 0), resp
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+
+    def _read(self, deadline: float) -> Any:
+        buf = b""
+        need = 4
+        while len(buf) < need:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise TimeoutError("no SMPP PDU from osmo-msc in time")
+            self.sock.settimeout(left)
+            chunk = self.sock.recv(need - len(buf))
+            if not chunk:
+                raise ConnectionError("osmo-msc closed the SMPP connection")
+            buf += chunk
+            if len(buf) == 4 and need == 4:
+                need = struct.unpack(">I", buf)[0]
+                assert 16 <= need <= 4096, need
+        return parse(buf)
+
+    def _serve(self) -> None:
+        deadline = time.monotonic() + 20
+        try:
+            while True:
+                got = self._read(deadline)
+                if got.command == "deliver_sm":
+                    self.sock.sendall(pdu("deliver_sm_resp", got.sequence, status=self.status,
+                                          message_id=""))
+                    self.delivered.append(got)
+                    return
+                if got.command == "enquire_link":
+                    self.sock.sendall(pdu("enquire_link_resp", got.sequence))
+                self.other.append(str(got.command))
+        except BaseException as exc:
+            self.error = exc
+
+    def __enter__(self) -> Osmpp:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.thread.join(25)
+        with contextlib.suppress(OSError):
+            self.sock.close()
+
+
+def osmpp_password(site: Site) -> str:
+    return site.msc.esmes["OSMPP"][0]  # the default route's ESME, as the MSC is configured
+
+
+_next = iter(range(100, 1000))
+
+
+def new_phone(site: Site) -> tuple[LabPhone, str]:
+    """A phone for a newly provisioned subscriber, and its MSISDN."""
+    n = next(_next)
+    imsi, msisdn = f"90170000000{n:04d}", f"77{n:04d}"
+    site.village.provision(imsi, msisdn)
+    return phone(site, imsi), msisdn
+
+
+@pytest.mark.parametrize(("text", "ucs2", "coding", "payload"), [
+    ("Hello Alice, it's Bob @ B", False, 0x01, b"Hello Alice, it's Bob \x00 B"),
+    ("Привет, Алиса", True, 0x08, "Привет, Алиса".encode("utf-16-be")),
+], ids=["gsm7", "ucs2"])
+def test_mo_sms_leaves_real_osmo_msc_as_deliver_sm_with_exact_text_sender_coding(
+        site: Site, text: str, ucs2: bool, coding: int, payload: bytes) -> None:
+    bob, msisdn = new_phone(site)
+    with bob:
+        bob.location_update()
+        with Osmpp(site.village, osmpp_password(site)) as esme:
+            result = bob.send_sms("4343", text, ucs2=ucs2, rp_ref=9, tp_ref=42)
+    assert esme.error is None, esme.error
+    assert (result.acked, result.cause, result.rp_ref) == (True, None, 9)
+    (got,) = esme.delivered
+    want = mo_sms(msisdn, "4343", payload, data_coding=coding, msg_ref=42)
+    assert {k: getattr(got, k) for k in want} == {
+        k: (v.encode() if isinstance(v, str) else v) for k, v in want.items()}
+    assert bob.trace[-7:-3] == ["phone -> MSC  CP-DATA (RP-DATA, SMS-SUBMIT to 4343)",
+                                "MSC -> phone  CP-ACK", "MSC -> phone  CP-DATA (RP-ACK)",
+                                "phone -> MSC  CP-ACK"]
+
+
+def test_mo_sms_refused_by_the_esme_reaches_the_phone_as_rp_error(site: Site) -> None:
+    """The ESME's RSYSERR (what ours answers for a village it cannot reach) becomes RP-ERROR
+    cause 27, "destination out of order", at the sending phone (osmo-msc 1.9, measured)."""
+    bob, _ = new_phone(site)
+    with bob:
+        bob.location_update()
+        with Osmpp(site.village, osmpp_password(site), status=RSYSERR) as esme:
+            result = bob.send_sms("4343", "will not arrive", rp_ref=3)
+    assert esme.error is None, esme.error
+    assert len(esme.delivered) == 1
+    assert (result.acked, result.cause, result.rp_ref) == (False, 27, 3)
+    assert "MSC -> phone  CP-DATA (RP-ERROR cause 27)" in bob.trace
+
+
+def test_shim_keeps_m3ua_boundaries_two_messages_in_one_tcp_write(site: Site) -> None:
+    """TCP has no message boundaries; the shim makes osmo-stp read one M3UA message per
+    sctp_recvmsg(). Two messages in one write are answered as two."""
+    from pycrate_mobile import M3UA
+
+    beat = M3UA.M3UA_BEAT()
+    beat[1].clear()
+    beat[1].add_prm(M3UA.M3UATag.HeartbeatData, b"dgsm-lab-beat")
+    with site.village.entered():
+        sock = socket.create_connection(("127.0.0.1", 2905), timeout=5)
+    with sock:
+        sock.sendall(bytes(M3UA.M3UA_ASPUp().to_bytes()) + bytes(beat.to_bytes()))
+        answers: list[Any] = []
+        deadline = time.monotonic() + 5
+        buf = b""
+        while len(answers) < 2:
+            sock.settimeout(max(0.01, deadline - time.monotonic()))
+            chunk = sock.recv(4096)
+            assert chunk, f"osmo-stp closed the connection after {answers}"
+            buf += chunk
+            while len(buf) >= 8 and len(buf) >= struct.unpack(">I", buf[4:8])[0]:
+                n = struct.unpack(">I", buf[4:8])[0]
+                msg, err = M3UA.parse_M3UA(buf[:n])
+                assert err == 0 and msg is not None, buf[:n].hex()
+                answers.append(msg)
+                buf = buf[n:]
+    assert [m._name for m in answers] == ["M3UA_ASPUpAck", "M3UA_BEATAck"]
+    assert b"dgsm-lab-beat" in bytes(answers[1].to_bytes())

@@ -6,9 +6,9 @@ LD_PRELOAD shim of ours, next to this file) with gcc into a temporary directory,
 session; it turns SCTP sockets into TCP ones (binding and connecting them for real), SCTP
 socket options into no-ops, and keeps M3UA's message boundaries on the byte stream (see the
 shim's header), so osmo-msc starts, and its M3UA client works against osmo-stp
-(:mod:`.osmostp`) run with the same shim. SMPP tests speak SMPP to it and read its SMS database (``sms-database``, SQLite); with
-``a_interface=`` it also serves lab phones (:mod:`.phone`) over the A interface, through an
-osmo-stp (:mod:`.osmostp`) in the same namespace.
+(:mod:`.osmostp`) run with the same shim. SMPP tests speak SMPP to it and read its SMS
+database (``sms-database``, SQLite); with ``a_interface=`` it also serves lab phones
+(:mod:`.phone`) over the A interface, through an osmo-stp in the same namespace.
 
 Without an STP or an HLR osmo-msc keeps running: it retries its M3UA and GSUP connections in
 the background. It must run inside a private network namespace (its VTY, CTRL and SGs ports

@@ -34,12 +34,14 @@ from dataclasses import dataclass
 from typing import Any
 
 from pycrate_mobile import M3UA, NAS, SCCP
+from pycrate_mobile import TS23040_SMS as TPDU
 from pycrate_mobile import TS24008_MM as MM
+from pycrate_mobile import TS24011_PPSMS as PPSMS
 from pycrate_mobile.TS24008_IE import ID
 
 from .netns import LabError, Netns
 
-__all__ = ["LabPhone", "LuResult", "PhoneError", "point_code"]
+__all__ = ["LabPhone", "LuResult", "PhoneError", "SmsResult", "point_code"]
 
 log = logging.getLogger("dgsm.lab.phone")
 
@@ -89,8 +91,9 @@ def _bssmap(payload: bytes) -> bytes:
     return bytes([0x00, len(payload)]) + payload
 
 
-def _dtap(l3: bytes) -> bytes:
-    return bytes([0x01, 0x00, len(l3)]) + l3  # DLCI 0: SAPI 0, FACCH/SDCCH
+def _dtap(l3: bytes, sapi: int = 0) -> bytes:
+    """BSSAP DTAP: discriminator, DLCI (TS 48.006 9.3.2: SAPI 0 for MM/CC, 3 for SMS), length."""
+    return bytes([0x01, sapi & 0x07, len(l3)]) + l3
 
 
 def _addr(pc: int) -> dict[str, Any]:
@@ -113,6 +116,16 @@ class LuResult:
 
     lai: bytes
     tmsi: int | None
+
+
+@dataclass(frozen=True)
+class SmsResult:
+    """How the network answered an MO SMS: RP-ACK (``cause`` None) or RP-ERROR with its
+    cause (TS 24.011 8.2.5.4)."""
+
+    acked: bool
+    cause: int | None
+    rp_ref: int
 
 
 @dataclass(frozen=True)
@@ -231,6 +244,79 @@ class LabPhone:
             if kind == "BSSMAP" and msg[0] == BSSMAP_CLEAR_COMMAND:
                 self._clear(conn)
                 return
+
+    def send_sms(self, destination: str, text: str, *, ucs2: bool = False,
+                 rp_ref: int = 1, tp_ref: int = 1) -> SmsResult:
+        """An MO SMS: CM SERVICE REQUEST (short message service), then on SAPI 3 CP-DATA with
+        RP-DATA carrying an SMS-SUBMIT of ``text`` (GSM 7-bit, or UCS-2) to ``destination``
+        (international, E.164, as a handset sends it). The network's CP-ACK, then its CP-DATA
+        with RP-ACK or RP-ERROR (answered with CP-ACK); ends when the MSC has cleared.
+        Needs a Location Updating first (the MSC knows the subscriber by then)."""
+        if not (destination.isdigit() and 1 <= len(destination) <= 20):
+            raise LabError(f"bad destination {destination!r}: 1 to 20 digits")
+        self._nsd = 0
+        req = MM.MMCMServiceRequest()
+        req["CKSN"]["V"].set_val(7)  # no key: osmo-msc here does no authentication
+        req["Service"]["V"].set_val(4)  # short message service
+        req["MSCm2"].from_bytes(bytes.fromhex("03331982"))
+        req["ID"].from_bytes(self._identity())
+        conn = self._open(self._seq(req))
+        while True:
+            kind, msg = self._dtap_or_bssmap(conn)
+            if kind == "BSSMAP" and msg[0] == BSSMAP_CLEAR_COMMAND:
+                self._clear(conn)
+                raise PhoneError("the MSC cleared the connection instead of CM SERVICE ACCEPT")
+            if kind != "DTAP":
+                continue
+            if msg[1] == "MMCMServiceAccept":
+                break
+            raise PhoneError(f"{msg[1]} instead of CM SERVICE ACCEPT: {msg[0].show()}")
+        submit = TPDU.SMS_SUBMIT(val={
+            "TP_MR": tp_ref % 256, "TP_DA": {"Num": destination},
+            "TP_DCS": {"Charset": 2 if ucs2 else 0}, "TP_UD": {"UD": text}})
+        tpdu = bytes(submit.to_bytes())
+        rp = PPSMS.RP_DATA_MO(val={"Ref": rp_ref % 256})
+        rp["RPUserData"].from_bytes(bytes([len(tpdu)]) + tpdu)
+        rpdu = bytes(rp.to_bytes())
+        cp = PPSMS.CP_DATA()
+        cp["CPUserData"].from_bytes(bytes([len(rpdu)]) + rpdu)
+        self._send_dt1(conn, _dtap(bytes(cp.to_bytes()), sapi=3))
+        self.trace.append(f"phone -> MSC  CP-DATA (RP-DATA, SMS-SUBMIT to {destination})")
+        result: SmsResult | None = None
+        while True:
+            kind, msg = self._dtap_or_bssmap(conn)
+            if kind == "BSSMAP" and msg[0] == BSSMAP_CLEAR_COMMAND:
+                self._clear(conn)
+                if result is None:
+                    raise PhoneError("the MSC cleared the connection before RP-ACK/RP-ERROR")
+                return result
+            if kind != "DTAP":
+                continue
+            nas, name = msg
+            if name == "CP_ACK":
+                continue
+            if name == "CP_ERROR":
+                raise PhoneError(f"CP-ERROR from the MSC: {nas.show()}")
+            if name != "CP_DATA":
+                raise PhoneError(f"unexpected {name} during an MO SMS")
+            rp_msg = nas["CPUserData"][-1]
+            mti = rp_msg["MTI"].get_val()
+            ref = rp_msg["Ref"].get_val()
+            if ref != rp_ref % 256:
+                raise PhoneError(f"RP message for reference {ref}, ours is {rp_ref % 256}")
+            if mti == 3:
+                result = SmsResult(True, None, ref)
+                self.trace[-1] += " (RP-ACK)"
+            elif mti == 5:
+                cause = int(rp_msg["RPCause"][-1]["Value"].get_val())
+                result = SmsResult(False, cause, ref)
+                self.trace[-1] += f" (RP-ERROR cause {cause})"
+            else:
+                raise PhoneError(f"RP message type {mti} during an MO SMS")
+            ack = PPSMS.CP_ACK()
+            ack["CPHeader"]["TIPD"]["TIO"].set_val(nas["CPHeader"]["TIPD"]["TIO"].get_val())
+            self._send_dt1(conn, _dtap(bytes(ack.to_bytes()), sapi=3))
+            self.trace.append("phone -> MSC  CP-ACK")
 
     # -- MM helpers ------------------------------------------------------------------------
 
@@ -380,7 +466,10 @@ class LabPhone:
                  "MMLocationUpdatingAccept": "LOCATION UPDATING ACCEPT",
                  "MMLocationUpdatingReject": "LOCATION UPDATING REJECT",
                  "MMIMSIDetachIndication": "IMSI DETACH INDICATION",
-                 "MMInformation": "MM INFORMATION"}
+                 "MMInformation": "MM INFORMATION",
+                 "MMCMServiceRequest": "CM SERVICE REQUEST",
+                 "MMCMServiceAccept": "CM SERVICE ACCEPT", "CP_ACK": "CP-ACK",
+                 "CP_DATA": "CP-DATA", "CP_ERROR": "CP-ERROR"}
         return words.get(name, name)
 
     # -- SCCP over M3UA --------------------------------------------------------------------
