@@ -16,8 +16,13 @@ Layers, and who encodes them:
 - BSSAP (TS 48.006/48.008): written here (pycrate has BSSMAP information elements, not the
   messages): RESET/RESET ACKNOWLEDGE, COMPLETE LAYER 3 INFORMATION, CLEAR COMMAND/COMPLETE,
   and the DTAP header.
-- DTAP MM (TS 24.008): pycrate's ``TS24008_MM`` builds the uplink messages and
-  ``NAS.parse_NAS_MT`` decodes the downlink ones.
+- DTAP MM (TS 24.008) and RR PAGING RESPONSE (TS 44.018): pycrate's ``TS24008_MM`` and
+  ``TS44018_RR`` build the uplink messages and ``NAS.parse_NAS_MT`` decodes the downlink ones.
+- SMS (TS 24.011 CP/RP, TS 23.040 SMS-SUBMIT/SMS-DELIVER, SAPI 3): pycrate's
+  ``TS24011_PPSMS`` and ``TS23040_SMS``.
+
+Procedures: :meth:`LabPhone.location_update`, :meth:`~LabPhone.imsi_detach`,
+:meth:`~LabPhone.send_sms` (MO) and :meth:`~LabPhone.receive_sms` (MT: paging first).
 
 Every receive has a deadline (``timeout``); anything that does not parse, or a message that
 does not fit the procedure, raises :class:`PhoneError` saying what came instead.
@@ -37,11 +42,12 @@ from pycrate_mobile import M3UA, NAS, SCCP
 from pycrate_mobile import TS23040_SMS as TPDU
 from pycrate_mobile import TS24008_MM as MM
 from pycrate_mobile import TS24011_PPSMS as PPSMS
+from pycrate_mobile import TS44018_RR as RR
 from pycrate_mobile.TS24008_IE import ID
 
 from .netns import LabError, Netns
 
-__all__ = ["LabPhone", "LuResult", "PhoneError", "SmsResult", "point_code"]
+__all__ = ["LabPhone", "LuResult", "PhoneError", "ReceivedSms", "SmsResult", "point_code"]
 
 log = logging.getLogger("dgsm.lab.phone")
 
@@ -54,6 +60,8 @@ T = M3UA.M3UATag
 BSSMAP_RESET, BSSMAP_RESET_ACK = 0x30, 0x31
 BSSMAP_CLEAR_COMMAND, BSSMAP_CLEAR_COMPLETE = 0x20, 0x21
 BSSMAP_COMPLETE_L3 = 0x57
+BSSMAP_PAGING = 0x52
+IE_IMSI = 0x08
 IE_CAUSE, IE_CELL_ID, IE_L3_INFO = 0x04, 0x05, 0x17
 CAUSE_OM_INTERVENTION = 0x08
 
@@ -125,6 +133,19 @@ class SmsResult:
 
     acked: bool
     cause: int | None
+    rp_ref: int
+
+
+@dataclass(frozen=True)
+class ReceivedSms:
+    """An SMS-DELIVER as the phone received it: originator, TP-DCS, the decoded text and
+    the user data as it came (GSM 7-bit packed, or UCS-2 bytes), and the RP message
+    reference."""
+
+    sender: str
+    dcs: int
+    text: str
+    user_data: bytes
     rp_ref: int
 
 
@@ -318,6 +339,76 @@ class LabPhone:
             self._send_dt1(conn, _dtap(bytes(ack.to_bytes()), sapi=3))
             self.trace.append("phone -> MSC  CP-ACK")
 
+    def receive_sms(self, wait: float) -> ReceivedSms:
+        """An MT SMS: wait at most ``wait`` s for the MSC's BSSMAP PAGING for our IMSI, answer
+        with PAGING RESPONSE in COMPLETE LAYER 3, take CP-DATA with RP-DATA (SMS-DELIVER),
+        answer CP-ACK and CP-DATA with RP-ACK; ends when the MSC has cleared."""
+        deadline = time.monotonic() + wait
+        while True:
+            sccp = self._recv_sccp(deadline)
+            if sccp.kind == "UDT" and self._paging_for_us(sccp.data):
+                break
+            log.info("phone %s: waiting for PAGING, ignoring SCCP %s %s", self.imsi, sccp.kind,
+                     sccp.data.hex())
+        self.trace.append("MSC -> BSC  BSSMAP PAGING")
+        resp = RR.RRPagingResponse()
+        resp["CKSN"]["V"].set_val(7)
+        resp["MSCm2"].from_bytes(bytes.fromhex("03331982"))
+        resp["ID"].from_bytes(self._identity())
+        conn = self._open(bytes(resp.to_bytes()))
+        got: ReceivedSms | None = None
+        while True:
+            kind, msg = self._dtap_or_bssmap(conn)
+            if kind == "BSSMAP" and msg[0] == BSSMAP_CLEAR_COMMAND:
+                self._clear(conn)
+                if got is None:
+                    raise PhoneError("the MSC cleared the connection before an SMS-DELIVER")
+                return got
+            if kind != "DTAP":
+                continue
+            nas, name = msg
+            if name == "CP_ACK":
+                continue
+            if name != "CP_DATA":
+                raise PhoneError(f"unexpected {name} during an MT SMS")
+            rp = nas["CPUserData"][-1]
+            if rp["MTI"].get_val() != 1:
+                raise PhoneError(f"RP message type {rp['MTI'].get_val()} instead of RP-DATA")
+            tpdu = rp["RPUserData"][-1]
+            if tpdu._name != "SMS_DELIVER":
+                raise PhoneError(f"{tpdu._name} instead of SMS-DELIVER")
+            dcs = int.from_bytes(bytes(tpdu["TP_DCS"].to_bytes()), "big")
+            ud = tpdu["TP_UD"]["UD"]
+            got = ReceivedSms(str(tpdu["TP_OA"]["Num"].decode()), dcs, str(ud.decode()),
+                              bytes(ud.get_val()), int(rp["Ref"].get_val()))
+            self.trace[-1] += f" (RP-DATA, SMS-DELIVER from {got.sender})"
+            tio = nas["CPHeader"]["TIPD"]["TIO"].get_val()
+            ack = PPSMS.CP_ACK()
+            ack["CPHeader"]["TIPD"]["TIFlag"].set_val(1)  # the MSC allocated this transaction
+            ack["CPHeader"]["TIPD"]["TIO"].set_val(tio)
+            self._send_dt1(conn, _dtap(bytes(ack.to_bytes()), sapi=3))
+            rp_ack = bytes(PPSMS.RP_ACK_MO(val={"Ref": got.rp_ref}).to_bytes())
+            cp = PPSMS.CP_DATA()
+            cp["CPHeader"]["TIPD"]["TIFlag"].set_val(1)
+            cp["CPHeader"]["TIPD"]["TIO"].set_val(tio)
+            cp["CPUserData"].from_bytes(bytes([len(rp_ack)]) + rp_ack)
+            self._send_dt1(conn, _dtap(bytes(cp.to_bytes()), sapi=3))
+            self.trace.append("phone -> MSC  CP-ACK; CP-DATA (RP-ACK)")
+
+    def _paging_for_us(self, data: bytes) -> bool:
+        """BSSMAP PAGING (TS 48.008 3.2.1.19) whose IMSI (its first, mandatory IE) is ours."""
+        if len(data) < 5 or data[0] != 0x00 or len(data) != 2 + data[1]:
+            return False
+        if data[2] != BSSMAP_PAGING or data[3] != IE_IMSI:
+            return False
+        value = data[5:5 + data[4]]
+        if len(value) != data[4]:
+            raise PhoneError(f"truncated BSSMAP PAGING: {data.hex()}")
+        ident = ID()
+        ident.from_bytes(value)
+        kind, imsi = ident.decode()
+        return bool(kind == 1 and imsi == self.imsi)
+
     # -- MM helpers ------------------------------------------------------------------------
 
     def _identity(self) -> bytes:
@@ -468,6 +559,7 @@ class LabPhone:
                  "MMIMSIDetachIndication": "IMSI DETACH INDICATION",
                  "MMInformation": "MM INFORMATION",
                  "MMCMServiceRequest": "CM SERVICE REQUEST",
+                 "RRPagingResponse": "PAGING RESPONSE",
                  "MMCMServiceAccept": "CM SERVICE ACCEPT", "CP_ACK": "CP-ACK",
                  "CP_DATA": "CP-DATA", "CP_ERROR": "CP-ERROR"}
         return words.get(name, name)
