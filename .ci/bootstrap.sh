@@ -4,7 +4,7 @@
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 ROOT_DIR=$PWD
-DEB_PACKAGES="osmo-hlr osmo-mslookup-utils osmo-msc gcc libc6-dev nftables iproute2 util-linux python3-venv debootstrap"
+DEB_PACKAGES="osmo-hlr osmo-mslookup-utils osmo-msc osmo-stp gcc libc6-dev nftables iproute2 util-linux python3-venv debootstrap"
 
 say() { printf '\033[1m[dgsm]\033[0m %s\n' "$*" >&2; }
 die() { say "ERROR: $*"; exit 1; }
@@ -14,6 +14,7 @@ install_debian_packages() {
     command -v osmo-hlr >/dev/null || missing+=(osmo-hlr)
     command -v osmo-mslookup-client >/dev/null || missing+=(osmo-mslookup-utils)
     command -v osmo-msc >/dev/null || missing+=(osmo-msc)
+    command -v osmo-stp >/dev/null || missing+=(osmo-stp)
     command -v gcc >/dev/null || missing+=(gcc)
     [ -e /usr/include/dlfcn.h ] || missing+=(libc6-dev)
     command -v nft >/dev/null || missing+=(nftables)

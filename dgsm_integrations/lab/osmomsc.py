@@ -7,10 +7,12 @@ osmo-msc 1.9.0 exits at start on a kernel without SCTP ("Starting SGs server fai
 its SGs server and its M3UA client open SCTP sockets (1.16.0 logs the same failure and keeps
 running). :func:`build_shim` compiles ``nosctp.c`` (an LD_PRELOAD shim of ours, next to this
 file) with this host's gcc into a temporary directory, once per process; it turns SCTP sockets
-into TCP ones, libsctp's bindx/connectx into bind/connect to the first address and other SCTP
-socket options into no-ops, so osmo-msc starts and SGs listens where configured (0.0.0.0:29118),
-in both generations. Nothing the tests use goes over SGs or the A interface: they speak SMPP to
-it and read its SMS database (``sms-database``, SQLite).
+into TCP ones (libsctp's bindx/connectx into a real bind/connect, so SGs listens where
+configured), SCTP socket options into no-ops, and keeps M3UA's message boundaries on the byte
+stream (see the shim's header), so osmo-msc starts in both generations, and its M3UA client
+works against osmo-stp (:mod:`.osmostp`) run with the same shim. SMPP tests speak SMPP to it
+and read its SMS database (``sms-database``, SQLite); with ``a_interface=`` it also serves
+lab phones (:mod:`.phone`) over the A interface, through an osmo-stp in the same namespace.
 
 Without an STP or an HLR osmo-msc keeps running: it retries its M3UA and GSUP connections in
 the background. It must run inside a private network namespace (its VTY, CTRL and SGs ports
@@ -26,16 +28,31 @@ import sqlite3
 import subprocess
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any, Self
 
 from .distro import HOST, Distro
 from .netns import LabError, Netns, need
 
-__all__ = ["OsmoMsc", "OsmoMscError", "build_shim", "unpack_septets"]
+__all__ = ["AInterface", "OsmoMsc", "OsmoMscError", "build_shim", "unpack_septets"]
 
 SHIM_SOURCE = Path(__file__).with_name("nosctp.c")
 _shim_cache: dict[str, Path] = {}
+
+
+@dataclass(frozen=True)
+class AInterface:
+    """osmo-msc's A interface for lab phones (:mod:`.phone`): its network's MCC/MNC, no
+    authentication or ciphering, TMSI assignment on, and its point code. osmo-msc 1.9's default
+    SCCP client then connects as an M3UA ASP to an STP on localhost:2905 (``OsmoStp`` in the
+    same namespace) and registers that point code there. ``ipa_name`` is the name osmo-msc
+    gives its GSUP link: OsmoHLR shows it as the subscriber's VLR number."""
+
+    point_code: str = "0.23.1"
+    mcc: str = "901"
+    mnc: str = "70"
+    ipa_name: str | None = None
 
 
 class OsmoMscError(LabError):
@@ -70,8 +87,9 @@ class OsmoMsc:
                  system_id: str = "MSC-VILLAGE", start_timeout: float = 10.0,
                  bind_ip: str = "127.0.0.1", hlr_ip: str = "127.0.0.1",
                  netns: Netns | None = None, binary: str | None = None,
-                 distro: Distro = HOST) -> None:
+                 distro: Distro = HOST, a_interface: AInterface | None = None) -> None:
         self.workdir = Path(workdir)
+        self.a_interface = a_interface
         self.smpp_port = smpp_port
         self.system_id = system_id
         self.esmes = esmes if esmes is not None else {"OSMPP": ("foo", True),
@@ -97,10 +115,22 @@ class OsmoMsc:
             f"line vty\n bind {self.bind_ip}\n"
             f"ctrl\n bind {self.bind_ip}\n"
             f"hlr\n remote-ip {self.hlr_ip}\n"
+            + (f" ipa-name {self.a_interface.ipa_name}\n"
+               if self.a_interface is not None and self.a_interface.ipa_name else "")
+            + self._a_config() +
             f"msc\n mncc internal\n sms-database {self.db_path}\n"
+            + (" assign-tmsi\n" if self.a_interface is not None else "") +
             f"smpp\n local-tcp-ip {self.bind_ip} {self.smpp_port}\n"
             f" system-id {self.system_id}\n"
             " policy closed\n smpp-first\n" + esmes)
+
+    def _a_config(self) -> str:
+        a = self.a_interface
+        if a is None:
+            return ""
+        return (f"network\n network country code {a.mcc}\n mobile network code {a.mnc}\n"
+                " authentication optional\n encryption a5 0\n"
+                f"cs7 instance 0\n point-code {a.point_code}\n")
 
     def start(self) -> None:
         binary = self.binary or self.distro.need("osmo-msc", "osmo-msc")
