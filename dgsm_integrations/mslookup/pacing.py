@@ -44,9 +44,9 @@ from dataclasses import dataclass, field
 __all__ = ["DEFAULT_BURST", "DEFAULT_RATE", "GRID", "MIN_GAP", "Pacer"]
 
 #: Default query datagrams per second over all lookups (see docs/mslookup.md, "Pacing").
-DEFAULT_RATE = 4000.0
+DEFAULT_RATE = 2500.0
 #: Default bucket depth: this many datagrams may leave at once after a quiet spell.
-DEFAULT_BURST = 40
+DEFAULT_BURST = 50
 #: Re-sends of all lookups are aligned to this grid (seconds), so that the re-sends of many
 #: lookups in progress leave in one wake-up of the driver instead of one wake-up each.
 GRID = 0.005
