@@ -135,7 +135,8 @@ class _Subscriber:
     flight: _Flight
     timer: asyncio.TimerHandle | None = None
     timer_at: float | None = None
-    hold: float | None = None  # the end of a grace period (see _tick)
+    hold: float | None = None  # the end of a grace period (see _grace)
+    shift: float = 0.0  # how long the pacer held the flight's first copy back
 
 
 @dataclass(eq=False)
@@ -345,7 +346,8 @@ class AsyncResolver:
         assert self._loop is not None and self._sock is not None
         pacer = self._pacer
         deferred, skipped = pacer.deferred, pacer.skipped
-        out = pacer.due(self._loop.time())
+        now = self._loop.time()
+        out = pacer.due(now)
         if out:
             # Empty the socket first: when thousands of lookups start in one go, their
             # answers must not overflow it while we are still sending. They are only buffered
@@ -356,6 +358,8 @@ class AsyncResolver:
                 flight = self._flights.get(key)  # type: ignore[call-overload]
                 if flight is None:  # pragma: no cover (the pacer forgets ended flights)
                     continue
+                if flight.sent_ok == 0 and flight.send_error is None:
+                    self._first_copy_left(flight, now)
                 try:
                     self._sock.sendto(wire, destination)
                 except OSError as exc:
@@ -369,6 +373,17 @@ class AsyncResolver:
         self.stats.resends_deferred += pacer.deferred - deferred
         self.stats.resends_skipped += pacer.skipped - skipped
         self._arm_send()
+
+    def _first_copy_left(self, flight: _Flight, now: float) -> None:
+        """A lookup asks the network when its first copy leaves: if the pacer held it back
+        (a burst of lookups), its min_delay and timeout count from then. Otherwise a site
+        answering a few ms later than another could miss a deadline that falls just after
+        the query went out, and an older site would win."""
+        for sub in list(flight.subscribers):
+            held = now - sub.selection.start
+            if held > RESEND_GRID:
+                sub.shift = held
+                self._arm(sub)
 
     def _arm_send(self) -> None:
         assert self._loop is not None
@@ -387,8 +402,10 @@ class AsyncResolver:
         """Make sure a timer fires at the selection's current deadline."""
         assert self._loop is not None
         deadline = sub.selection.deadline
-        if deadline is not None and sub.hold is not None:
-            deadline = max(deadline, sub.hold)
+        if deadline is not None:
+            deadline += sub.shift
+            if sub.hold is not None:
+                deadline = max(deadline, sub.hold)
         if sub.timer is not None:
             if sub.timer_at == deadline:
                 return
@@ -403,6 +420,8 @@ class AsyncResolver:
         sub.timer = None
         now = self._loop.time()
         deadline = sub.selection.deadline
+        if deadline is not None:
+            deadline += sub.shift
         if deadline is not None and now < deadline < now + 0.005:
             now = deadline  # call_at may fire up to one clock tick early
         # Answers already waiting (in the socket, or read but not yet decoded) arrived before

@@ -44,7 +44,7 @@ from dataclasses import dataclass, field
 __all__ = ["DEFAULT_BURST", "DEFAULT_RATE", "GRID", "MIN_GAP", "Pacer"]
 
 #: Default query datagrams per second over all lookups (see docs/mslookup.md, "Pacing").
-DEFAULT_RATE = 2500.0
+DEFAULT_RATE = 1500.0
 #: Default bucket depth: this many datagrams may leave at once after a quiet spell.
 DEFAULT_BURST = 50
 #: Re-sends of all lookups are aligned to this grid (seconds), so that the re-sends of many
@@ -213,7 +213,9 @@ class Pacer:
         """Copies of flight ``key`` that did not leave on time (skipped, or more than half an
         interval late): chances against loss the lookup was promised and did not get."""
         plan = self._plans.get(key)
-        return 0 if plan is None else plan.missed
+        if plan is None:
+            return 0
+        return plan.missed + (1 if plan.sent == 0 else 0)  # not even the first one left yet
 
     def _refill(self, now: float) -> None:
         if now > self._refilled:
