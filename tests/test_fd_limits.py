@@ -53,16 +53,43 @@ def _room_for_idle_clients() -> None:
         resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, IDLE + 1000), hard))
 
 
-async def _start(module: str, port: int, *flags: str) -> asyncio.subprocess.Process:
+class _Server:
+    """A server subprocess whose stderr is read all along (a chatty one must not block)."""
+
+    def __init__(self, proc: asyncio.subprocess.Process) -> None:
+        self.proc = proc
+        self.lines: list[str] = []
+        self.listening = asyncio.Event()
+        self.reader = asyncio.ensure_future(self._read())
+
+    async def _read(self) -> None:
+        assert self.proc.stderr is not None
+        while line := await self.proc.stderr.readline():
+            self.lines.append(line.decode(errors="replace").rstrip("\n"))
+            if "listening on" in self.lines[-1]:
+                self.listening.set()
+
+    async def stop(self) -> list[str]:
+        self.proc.terminate()
+        try:
+            code = await asyncio.wait_for(self.proc.wait(), 15)
+        except TimeoutError:
+            self.proc.kill()
+            code = await self.proc.wait()
+        await asyncio.wait_for(self.reader, 5)
+        assert code == 0, self.lines[-20:]
+        return self.lines
+
+
+async def _start(module: str, port: int, *flags: str) -> _Server:
     proc = await asyncio.create_subprocess_exec(
         sys.executable, "-m", module, "--interface", LO, "--mdns-port", str(PORT),
         "--listen-port", str(port), "--min-delay", "0.2", "--allow-loopback", "yes",
         "--first-byte-timeout", "1", *flags, stderr=subprocess.PIPE,
         env=dict(os.environ, PYTHONPATH=ROOT), cwd=ROOT, preexec_fn=_limit(128))
-    assert proc.stderr is not None
-    while b"listening on" not in await asyncio.wait_for(proc.stderr.readline(), 10):
-        pass
-    return proc
+    server = _Server(proc)
+    await asyncio.wait_for(server.listening.wait(), 10)
+    return server
 
 
 async def _idle(port: int, n: int) -> list[asyncio.StreamWriter]:
@@ -71,13 +98,6 @@ async def _idle(port: int, n: int) -> list[asyncio.StreamWriter]:
         _reader, writer = await asyncio.open_connection("127.0.0.1", port)
         writers.append(writer)
     return writers
-
-
-async def _stop(proc: asyncio.subprocess.Process) -> list[str]:
-    assert proc.stderr is not None
-    proc.terminate()
-    assert await asyncio.wait_for(proc.wait(), 15) == 0
-    return (await proc.stderr.read()).decode().splitlines()
 
 
 def test_fastagi_serves_a_call_through_an_idle_flood_with_few_fds() -> None:
@@ -91,7 +111,8 @@ def test_fastagi_serves_a_call_through_an_idle_flood_with_few_fds() -> None:
                 idle = await _idle(42752, IDLE)
                 started = time.monotonic()
                 reader, writer = await asyncio.open_connection("127.0.0.1", 42752)
-                ex = await converse(reader, writer, env_block(["1001"], network_script="dgsm"))
+                ex = await asyncio.wait_for(converse(
+                    reader, writer, env_block(["1001"], network_script="dgsm")), 10)
                 took = time.monotonic() - started
                 writer.close()
                 assert ex.variables["DGSM_RESULT"] == "found"
@@ -99,7 +120,7 @@ def test_fastagi_serves_a_call_through_an_idle_flood_with_few_fds() -> None:
                 for w in idle:
                     w.close()
             finally:
-                lines = await _stop(proc)
+                lines = await proc.stop()
         assert not any("Traceback" in line or "ERROR" in line for line in lines), lines[:20]
         assert len(lines) <= 12, lines  # start, the fd warning, one call, summaries, stop
         assert sum("result=found" in line for line in lines) == 1
@@ -115,14 +136,14 @@ def test_esl_serves_a_call_through_an_idle_flood_with_few_fds() -> None:
             try:
                 idle = await _idle(42753, IDLE)
                 started = time.monotonic()
-                call = await play_call(42753, Script(dest="1001"))
+                call = await asyncio.wait_for(play_call(42753, Script(dest="1001")), 10)
                 took = time.monotonic() - started
                 assert call.bridge == "sofia/external/sip:1001@127.0.0.3:5060"
                 assert took < 1.0
                 for w in idle:
                     w.close()
             finally:
-                lines = await _stop(proc)
+                lines = await proc.stop()
         assert not any("Traceback" in line or "ERROR" in line for line in lines), lines[:20]
         assert len(lines) <= 12, lines
         assert sum("result=found" in line for line in lines) == 1
