@@ -11,7 +11,10 @@ How a lookup runs:
   lossy link does not make a subscriber "not found". When each copy leaves is decided by
   the sans-I/O :class:`~.pacing.Pacer` (one token bucket of ``send_rate`` datagrams/s over
   all flights, first copies first, copies never merged or bunched, re-sends too late to be
-  answered skipped); this module only sends what it hands out and wakes when it says;
+  answered skipped); this module only sends what it hands out and wakes when it says. A
+  lookup whose first copy the pacer held back counts its window from when it left, and one
+  that found nothing after copies failed to leave on time gets one grace period of half a
+  window to send them (docs/mslookup.md, "Pacing");
 - the receive loop silently drops (and counts) junk, queries (our own looped back, or other
   sites'), answers from or pointing outside the trusted networks, answers naming an address
   no call or SMS can go to (:func:`~.model.unusable_reason`: unspecified, broadcast,
