@@ -307,10 +307,29 @@ class Listener:
         return waiting
 
     def _evict(self) -> bool:
-        """Close the connection that has been silent the longest, if there is one."""
+        """Close the connection that has been silent the longest, if there is one.
+
+        One whose first bytes arrived but were not looked at yet (same loop pass) is not
+        silent: it is served instead, and the next one is looked at (a few at most)."""
+        for _ in range(16):
+            if not self._waiting:
+                return False
+            fd, oldest = next(iter(self._waiting.items()))
+            try:
+                data = oldest.conn.recv(1, socket.MSG_PEEK)
+            except (BlockingIOError, InterruptedError):
+                break  # silent indeed
+            except OSError:
+                data = b""
+            if not data:  # the peer is gone already: that frees a slot too
+                self._drop(fd)
+                self.stats.gone_early += 1
+                return True
+            self._first_byte(fd)  # it has spoken: serve it, look at the next one
+        else:
+            return False
         if not self._waiting:
             return False
-        fd, oldest = next(iter(self._waiting.items()))
         self._drop(fd)
         self.stats.evicted += 1
         self._limited.info("evicted", "%s: closed a silent connection from %s to make room "
