@@ -7,6 +7,7 @@ import os
 import socket
 import subprocess
 import threading
+import time
 from collections.abc import Awaitable, Callable, Iterator
 from typing import Any, TypeVar
 
@@ -445,3 +446,84 @@ def test_loopback_only_with_allow_loopback() -> None:
                 res = await lab.resolve(q)
                 assert res.found and res.v6 == Endpoint("::1", 5060)
     run(body())
+
+
+def _arrivals(loop: asyncio.AbstractEventLoop, sink: list[float]) -> Callable[[Query], None]:
+    """Handler of a silent site that notes when each query copy reached it."""
+    def handler(query: Query) -> None:
+        sink.append(loop.time())
+    return handler
+
+
+def test_a_stalled_loop_does_not_merge_overdue_copies() -> None:
+    """Regression (issue 13): when the process could not run (CPU starved, simulated here by
+    blocking the loop for 0.45 s), the copies that fell due meanwhile were sent as ONE
+    datagram; under load the lab's 20%-loss test lost a fifth of its copies that way. The
+    site answers (age 5), so the lookup waits min_delay and no grace period is involved:
+    all five copies must still leave in the window (the old code sent four)."""
+    async def body() -> None:
+        loop = asyncio.get_running_loop()
+        seen: list[float] = []
+
+        def handler(query: Query) -> Record:
+            seen.append(loop.time())
+            return Record.parse("5,127.0.0.5:5060")
+        async with Responder(handler=handler, interface=LO, port=PORT), \
+                resolver(min_delay=1.0) as r:
+            loop.call_later(0.1, time.sleep, 0.45)  # the fault under test
+            res = await r.resolve("sip.voice.1190.msisdn")
+            assert res.found and res.age == 5
+            assert r.stats.queries_sent == 5, r.stats
+            assert r.stats.grace_periods == 0
+        assert len(seen) == 5
+    run(body())
+
+
+def test_nothing_found_after_a_stall_gets_a_grace_period() -> None:
+    """Copies that could not leave in the window (the loop blocked for most of it) are made
+    up once, over half a window more, before "not found"."""
+    async def body() -> None:
+        loop = asyncio.get_running_loop()
+        seen: list[float] = []
+        async with Responder(handler=_arrivals(loop, seen), interface=LO, port=PORT), \
+                resolver(min_delay=0.4) as r:
+            loop.call_later(0.01, time.sleep, 0.4)  # the fault under test
+            res = await r.resolve("sip.voice.1191.msisdn")
+            assert res.outcome is Outcome.NOT_FOUND
+            assert r.stats.grace_periods == 1
+            assert 0.55 <= res.elapsed < 1.0, res.elapsed  # 0.4 s stall + half a window
+            assert r.stats.queries_sent >= 5  # the missed copies went after all
+    run(body())
+
+
+def test_a_burst_is_paced_and_first_copies_go_first() -> None:
+    """200 lookups at once with send_rate 1,000/s: the site never sees more than the bucket
+    allows, every lookup's first copy arrives before any second copy, nothing is lost."""
+    async def body() -> None:
+        loop = asyncio.get_running_loop()
+        seen: list[tuple[float, str]] = []
+
+        def handler(query: Query) -> Record:
+            seen.append((loop.time(), query.id))
+            return Record.parse("7,127.0.0.5:5060")
+        async with Responder(handler=handler, interface=LO, port=PORT), \
+                resolver(min_delay=0.5, send_rate=1000) as r:
+            t0 = loop.time()
+            results = await asyncio.gather(*(r.resolve(f"sip.voice.{5000 + i}.msisdn")
+                                             for i in range(200)))
+            assert all(res.found for res in results)
+        assert len(seen) == r.stats.queries_sent
+        for n, (t, _) in enumerate(seen, 1):
+            assert n <= 50 + 1000 * (t - t0) + 5, (n, t - t0)  # burst 50, 1,000/s (+ jitter)
+        first_of: dict[str, int] = {}
+        for i, (_, ident) in enumerate(seen):
+            first_of.setdefault(ident, i)
+        assert len(first_of) == 200 and max(first_of.values()) == 199
+        assert r.stats.resends_skipped > 0
+    run(body())
+
+
+def test_send_rate_is_validated() -> None:
+    for bad in (0, 5, 1e9, float("nan")):
+        with pytest.raises(InvalidQuery):
+            AsyncResolver(send_rate=bad)

@@ -23,6 +23,7 @@ from ..mslookup import (
     WireError,
 )
 from ..mslookup.model import unusable_reason
+from ..mslookup.pacing import Pacer
 from ..mslookup.transport import open_socket
 from ..mslookup.wire import decode_answer, encode_query, is_answer
 
@@ -35,6 +36,7 @@ __all__ = [
     "InvalidQuery",
     "MulticastConfig",
     "Outcome",
+    "Pacer",
     "Query",
     "Result",
     "Selection",

@@ -3,7 +3,9 @@
 The AGI script is started per call, so it cannot share a resolver and must not pay for
 asyncio's import. This driver runs the same sans-I/O core as the resolver (``wire`` to
 encode and decode, ``Selection`` for libosmo-mslookup's timing, ``transport`` for the
-socket) with ``select()``: the query is sent at once and re-sent over the first window, junk,
+socket, ``Pacer`` for when each copy leaves) with ``select()``: the query is sent at once and
+re-sent over the first window (copies the process could not send on time, say under CPU
+load, are re-spread, never sent in a bunch or merged), junk,
 answers to other questions and answers naming an unusable address (as the resolver, see
 :func:`~dgsm_integrations.mslookup.model.unusable_reason`) are dropped, and it returns by the
 lookup's timeout.
@@ -20,6 +22,7 @@ from collections.abc import Callable, Iterable
 from ._core import (
     MulticastConfig,
     Outcome,
+    Pacer,
     Query,
     Result,
     Selection,
@@ -76,8 +79,8 @@ def lookup_once(
     with sock:
         selection = Selection(query, timing, start)
         packet = encode_query(query, int.from_bytes(os.urandom(2), "big"), suffix)
-        interval = timing.window / (resend + 1)
-        sends = [start + k * interval for k in range(resend + 1) if k * interval < timing.window]
+        pacer = Pacer(now=start)
+        pacer.schedule(query.key, packet, start, timing.window, resend + 1)
         sent_ok = 0
         last_error = "no query could be sent"
 
@@ -117,10 +120,9 @@ def lookup_once(
             done = drain(now)
             if done is not None:
                 return _final(done, sent_ok, last_error)
-            while sends and sends[0] <= now:
-                sends.pop(0)
+            for _key, wire in pacer.due(now):
                 try:
-                    sock.sendto(packet, config.destination())
+                    sock.sendto(wire, config.destination())
                     sent_ok += 1
                 except OSError as exc:
                     last_error = f"cannot send query: {exc.strerror or exc}"
@@ -129,7 +131,8 @@ def lookup_once(
                     return _final(result, sent_ok, last_error)
             deadline = selection.deadline
             assert deadline is not None
-            wake = min([deadline, *sends[:1]])
+            next_send = pacer.next_wakeup()
+            wake = deadline if next_send is None else min(deadline, next_send)
             select.select([sock], [], [], max(0.0, wake - clock()))
 
 

@@ -1,0 +1,173 @@
+"""The pacer (sans-I/O, fake clock): spread, token bucket, first copies first, no merging,
+late re-sends skipped, and the core module's imports."""
+
+from __future__ import annotations
+
+import ast
+import itertools
+from collections.abc import Hashable
+from pathlib import Path
+
+import pytest
+
+from dgsm_integrations.mslookup import pacing
+from dgsm_integrations.mslookup.pacing import GRID, Pacer
+
+
+def run(pacer: Pacer, until: float, start: float = 0.0,
+        late: dict[float, float] | None = None) -> list[tuple[float, Hashable]]:
+    """Drive ``pacer`` like a driver would: wake at next_wakeup (plus any ``late`` delay
+    for wake-ups due at or after a key of ``late``), collect what leaves when."""
+    sent: list[tuple[float, Hashable]] = []
+    late = dict(late or {})
+    now = start
+    for _ in range(100_000):
+        sent += [(now, key) for key, _ in pacer.due(now)]
+        wake = pacer.next_wakeup()
+        if wake is None or wake > until:
+            return sent
+        for at, delay in late.items():
+            if wake >= at:
+                wake = max(wake, at + delay)
+                del late[at]
+                break
+        assert wake >= now, "next_wakeup went back in time"
+        now = max(now, wake)
+    raise AssertionError("the pacer never went quiet")
+
+
+def test_one_lookup_spreads_its_copies_over_the_window() -> None:
+    p = Pacer()
+    p.schedule("q", b"x", 10.0, 1.0, 5)
+    times = [t - 10.0 for t, _ in run(p, 20.0, 10.0)]
+    assert len(times) == 5
+    assert times[0] == 0.0  # the first leaves at once
+    for k, t in enumerate(times[1:], 1):
+        assert k * 0.2 - 1e-9 <= t < k * 0.2 + GRID + 1e-9, times
+    assert (p.sent, p.skipped, p.deferred) == (5, 0, 0)
+
+
+def test_explicit_interval_and_copies_that_do_not_fit_the_window() -> None:
+    p = Pacer()
+    p.schedule("q", b"x", 0.0, 0.3, 5, interval=0.1)
+    times = [t for t, _ in run(p, 10.0)]
+    # 0, 0.1, 0.2 fit; 0.3 and 0.4 are past the window (less the answer margin)
+    assert [round(t, 3) for t in times] == [0.0, 0.1, 0.2]
+
+
+def test_bucket_caps_the_rate_of_a_burst_and_first_copies_go_first() -> None:
+    p = Pacer(rate=1000, burst=10)
+    for i in range(200):
+        p.schedule(i, b"x", 0.0, 1.0, 5)
+    sent = run(p, 10.0)
+    # never more than burst + rate * t by time t
+    for n, (t, _) in enumerate(sent, 1):
+        assert n <= 10 + 1000 * t + 1e-6, (n, t)
+    # every lookup's first copy leaves before any lookup's second copy
+    firsts: dict[Hashable, float] = {}
+    for t, key in sent:
+        firsts.setdefault(key, t)
+    assert len(firsts) == 200
+    last_first = max(firsts.values())
+    assert all(t >= last_first for t, key in sent[200:])
+    assert max(firsts.values()) <= 0.2  # 190 tokens take 0.19 s
+    # re-sends that could not leave in their window were skipped, not sent late
+    assert p.sent + p.skipped == 200 * 5
+    assert all(t <= 0.85 + 1e-9 for t, _ in sent)
+    assert p.skipped > 0
+
+
+def test_first_copy_never_skipped_even_far_beyond_the_window() -> None:
+    p = Pacer(rate=10, burst=1)
+    for i in range(5):
+        p.schedule(i, b"x", 0.0, 0.1, 3)
+    sent = run(p, 10.0)
+    assert sorted(int(str(key)) for _, key in sent) == [0, 1, 2, 3, 4]  # firsts only
+    assert p.skipped == 5 * 2
+
+
+def test_a_late_driver_gets_copies_re_spread_never_merged() -> None:
+    p = Pacer()
+    p.schedule("q", b"x", 0.0, 1.0, 5)
+    # the driver cannot run from 0.1 s to 0.5 s (CPU starved): copies 1 and 2 are overdue
+    sent = run(p, 10.0, late={0.1: 0.4})
+    times = [round(t, 4) for t, _ in sent]
+    assert len(times) == 5, times  # nothing merged, nothing lost
+    assert times[0] == 0.0 and times[1] == 0.5
+    gaps = [b - a for a, b in itertools.pairwise(times)]
+    assert all(g > 0 for g in gaps[1:]), times  # spread again, not sent in a bunch
+    assert all(t <= 0.85 + 1e-9 for t in times)
+    assert p.missed("q") >= 2
+
+
+def test_no_time_left_copies_leave_together_rather_than_not_at_all() -> None:
+    p = Pacer()
+    p.schedule("q", b"x", 0.0, 1.0, 5)
+    sent = run(p, 10.0, late={0.1: 0.74})  # wakes at 0.84, 0.01 s before the last moment
+    assert len(sent) == 5
+    assert p.missed("q") == 3  # 0.2, 0.4, 0.6 more than half an interval late; 0.8 not
+
+
+def test_cancel_forgets_a_flight() -> None:
+    p = Pacer()
+    p.schedule("a", b"a", 0.0, 1.0, 5)
+    p.schedule("b", b"b", 0.0, 1.0, 5)
+    assert [k for k, _ in p.due(0.0)] == ["a", "b"]
+    p.cancel("a")
+    assert len(p) == 1
+    keys = [k for _, k in run(p, 10.0, 0.001)]
+    assert keys == ["b"] * 4
+    p.cancel("b")
+    assert p.next_wakeup() is None and len(p) == 0
+
+
+def test_a_second_caller_adds_copies_only_where_there_are_none() -> None:
+    p = Pacer()
+    p.schedule("q", b"x", 0.0, 1.0, 5)
+    p.due(0.0)
+    p.schedule("q", b"x", 0.05, 1.0, 5)  # joins 50 ms later: its copies collide, none added
+    assert len(run(p, 10.0, 0.05)) == 4
+    p2 = Pacer()
+    p2.schedule("q", b"x", 0.0, 0.2, 2)
+    p2.due(0.0)
+    p2.schedule("q", b"x", 0.5, 1.0, 2)  # a later caller with a longer window: its own copies
+    times = [round(t, 3) for t, _ in run(p2, 10.0, 0.0)]
+    assert times == [0.1, 0.5, 1.0]
+
+
+def test_wakeups_are_batched_not_one_per_datagram() -> None:
+    p = Pacer(rate=4000, burst=40)
+    for i in range(2000):
+        p.schedule(i, b"x", 0.0, 1.0, 1)
+    wakeups = 0
+    now = 0.0
+    while (wake := p.next_wakeup()) is not None:
+        now = wake
+        assert p.due(now)
+        wakeups += 1
+    assert p.sent == 2000
+    assert wakeups <= 2000 / 8 + 2  # at least 8 datagrams (2 ms of tokens) per wake-up
+
+
+@pytest.mark.parametrize(("rate", "burst"), [(0, 10), (float("nan"), 10), (100, 0)])
+def test_bad_settings_are_refused(rate: float, burst: int) -> None:
+    with pytest.raises(ValueError):
+        Pacer(rate, burst)
+
+
+def test_bad_schedules_are_refused() -> None:
+    p = Pacer()
+    for window, copies in ((0.0, 1), (1.0, 0)):
+        with pytest.raises(ValueError):
+            p.schedule("q", b"x", 0.0, window, copies)
+
+
+def test_the_pacer_imports_no_io() -> None:
+    tree = ast.parse(Path(pacing.__file__).read_text())
+    names: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            names |= {a.name.split(".")[0] for a in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            names.add(node.module.split(".")[0])
+    assert not names & {"socket", "asyncio", "select", "threading", "time"}, names
