@@ -161,9 +161,11 @@ def _wait_for(predicate: Any, what: str, timeout: float = 10.0) -> None:
 
 
 def _write_conf(path: Path, extra: str = "") -> Path:
-    # codec-string: loopback legs carry L16, which the SIP sites do not offer
+    # codec-string: loopback legs carry L16, which the SIP sites do not offer;
+    # allow-loopback: the tier's sites answer with 127.0.0.x addresses (one host)
     path.write_text(f"interface = {LO}\nmin-delay = {MIN_DELAY}\nlisten-port = 8084\n"
-                    f"call-timeout = 10\ncodec-string = PCMU,PCMA\n{extra}")
+                    f"call-timeout = 10\ncodec-string = PCMU,PCMA\nallow-loopback = yes\n"
+                    f"{extra}")
     return path
 
 
