@@ -106,7 +106,8 @@ async def run(prefix: Path, work: Path, sequential: int, concurrent: int, rounds
     table = {f"sip.voice.{n}.msisdn": Record.parse(f"5,{SITE}:5060") for n in numbers}
     conf = work / "freeswitch.conf"
     conf.write_text(f"interface = 127.0.0.1\nmin-delay = {min_delay}\nlisten-port = 8084\n"
-                    "codec-string = PCMU,PCMA\ncall-timeout = 30\nlog-level = info\n")
+                    "codec-string = PCMU,PCMA\ncall-timeout = 30\nlog-level = info\n"
+                    "allow-loopback = yes\n")  # the site is a 127.0.0.x address
     uas = await SipUas.start(SITE, 5060)
     fs = FreeSwitch(prefix, work / "fs", sip_port=SIP_PORT, esl_port=ESL_PORT,
                     environment={"DGSM_FS_CONFIG": str(conf), "DGSM_VENV": sys.prefix})
