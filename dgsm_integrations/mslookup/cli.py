@@ -356,6 +356,13 @@ class _Cli:
         except (OSError, TimeoutError):
             pass
         finally:
+            # A cancelled sock_recv leaves its reader registered until a callback runs
+            # later; closing first would let a new connection reuse this fd number while
+            # the loop still maps it to us, and that connection's reads would never be seen
+            # (its query unread until the first-byte deadline, then a reset). Unregister
+            # now: the late callback sees its handle cancelled and leaves the fd alone.
+            if conn.fileno() >= 0:
+                loop.remove_reader(conn.fileno())
             conn.close()
 
     async def _results(self, resolver: AsyncResolver, conn: socket.socket, query: Query,
