@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import IO, Any, Self
 
 from .distro import HOST, Distro
-from .netns import LabError, Netns, need
+from .netns import LabError, Netns, need, terminate
 
 __all__ = ["AInterface", "OsmoMsc", "OsmoMscError", "build_shim", "unpack_septets"]
 
@@ -167,13 +167,8 @@ class OsmoMsc:
 
     def stop(self) -> None:
         proc, self._proc = self._proc, None
-        if proc is not None and proc.poll() is None:
-            proc.terminate()
-            try:
-                proc.wait(5)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(5)
+        if proc is not None:
+            terminate(proc)
         if self._log is not None:
             self._log.close()
             self._log = None

@@ -26,7 +26,7 @@ import time
 from pathlib import Path
 from typing import IO
 
-from .netns import LabError, Netns, need
+from .netns import LabError, Netns, need, terminate
 from .osmomsc import build_shim
 
 __all__ = ["M3UA_PORT", "OsmoStp", "OsmoStpError"]
@@ -115,13 +115,8 @@ class OsmoStp:
 
     def stop(self) -> None:
         proc, self._proc = self._proc, None
-        if proc is not None and proc.poll() is None:
-            proc.terminate()
-            try:
-                proc.wait(5)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(5)
+        if proc is not None:
+            terminate(proc)
         if self._log is not None:
             self._log.close()
             self._log = None
