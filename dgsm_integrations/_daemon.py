@@ -15,7 +15,7 @@ from dataclasses import fields
 from typing import Any, ClassVar, Protocol, TypeVar
 
 from .mslookup import MslookupError
-from .mslookup.aio import parse_networks
+from .mslookup.model import parse_networks
 from .mslookup.transport import MulticastConfig, local_source
 from .settings import ConfigError, read_config_file
 

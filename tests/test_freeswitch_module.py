@@ -308,8 +308,8 @@ def test_all_answers_untrusted_shows_in_the_call_line_and_the_api(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Issue 12 item 7, as a mod_python3 operator sees it (Python logging does not reach
     FreeSWITCH's log): the not-found line says why."""
-    from dgsm_integrations.mslookup import aio
-    monkeypatch.setattr(aio, "TRUST_WINDOW", 0.2)
+    from dgsm_integrations.mslookup import engine
+    monkeypatch.setattr(engine, "TRUST_WINDOW", 0.2)
     conf = tmp_path / "freeswitch.conf"
     conf.write_text(f"interface = {LO}\nmdns-port = {PORT}\nmin-delay = 0.1\n"
                     "trusted = 10.0.0.0/8\n")

@@ -143,8 +143,8 @@ def test_all_answers_untrusted_is_logged_once_and_counted(
         monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
     """Issue 12 item 7: a ``trusted`` that misses every site makes every call "not found";
     the resolver says so once per episode, counts it, and clears it once answers pass."""
-    from dgsm_integrations.mslookup import aio
-    monkeypatch.setattr(aio, "TRUST_WINDOW", 0.3)
+    from dgsm_integrations.mslookup import engine
+    monkeypatch.setattr(engine, "TRUST_WINDOW", 0.3)
     bad, good = "sip.voice.1005.msisdn", "sip.voice.1006.msisdn"
 
     async def body() -> None:
@@ -171,8 +171,8 @@ def test_all_answers_untrusted_is_logged_once_and_counted(
 
 def test_untrusted_drops_mixed_with_accepted_answers_are_no_alarm(
         monkeypatch: pytest.MonkeyPatch) -> None:
-    from dgsm_integrations.mslookup import aio
-    monkeypatch.setattr(aio, "TRUST_WINDOW", 0.3)
+    from dgsm_integrations.mslookup import engine
+    monkeypatch.setattr(engine, "TRUST_WINDOW", 0.3)
     q = "sip.voice.1007.msisdn"
 
     async def body() -> None:

@@ -2,8 +2,8 @@
 
 Two ways, same variables (see :mod:`.routing` and ``docs/asterisk.md``):
 
-- ``asterisk/dgsm-agi``, a local AGI script (:mod:`.script`, one lookup per process with
-  :mod:`.oneshot`, no asyncio on its path);
+- ``asterisk/dgsm-agi``, a local AGI script (:mod:`.script`, one lookup per process on the
+  blocking driver :mod:`dgsm_integrations.mslookup.blocking`, no asyncio on its path);
 - ``dgsm-fastagi``, a FastAGI server sharing one resolver across calls (:mod:`.fastagi`).
 
 :mod:`.agi` is the sans-I/O AGI codec both use. This ``__init__`` imports nothing, so that

@@ -11,8 +11,8 @@ import os
 from dataclasses import dataclass, field, fields
 from typing import Any
 
+from ..mslookup import DEFAULT_GROUP_V4, DEFAULT_PORT, DEFAULT_SUFFIX
 from ..settings import ConfigError, convert, read_config_file
-from ._core import DEFAULT_GROUP_V4, DEFAULT_PORT, DEFAULT_SUFFIX
 from .routing import CAUSE_ERROR, CAUSE_INVALID, CAUSE_NOT_FOUND, Routing
 
 __all__ = ["DEFAULT_CONFIG_PATH", "Config", "ConfigError", "read_config_file"]

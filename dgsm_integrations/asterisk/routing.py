@@ -17,7 +17,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from ._core import Endpoint, IdType, InvalidQuery, Outcome, Query, Result
+from ..mslookup import Endpoint, IdType, InvalidQuery, Outcome, Query, Result
 
 __all__ = [
     "CAUSE_ERROR",

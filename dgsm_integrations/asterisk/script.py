@@ -1,12 +1,13 @@
 """The local AGI script: one process per call, started by ``AGI(dgsm-agi,${EXTEN})``.
 
-It reads the environment block from stdin, looks the extension up once (a plain blocking
-socket, see :mod:`.oneshot`), writes ``SET VARIABLE`` commands to stdout, each answered by
-Asterisk before the next, and exits. It never waits past ``call-timeout``: every read has a
-deadline, SIGHUP (Asterisk's hangup signal for local scripts) ends the call at once, and an
-interval timer is the backstop. Settings come from ``$DGSM_AGI_CONFIG`` or
-``/etc/dgsm-integrations/asterisk.conf`` (Asterisk gives the script no flags of ours: the
-arguments come from the dialplan, where the caller controls ``${EXTEN}``).
+It reads the environment block from stdin, looks the extension up once (the blocking
+driver of the lookup engine, :mod:`dgsm_integrations.mslookup.blocking`), writes
+``SET VARIABLE`` commands to stdout, each answered by Asterisk before the next, and exits.
+It never waits past ``call-timeout``: every read has a deadline, SIGHUP (Asterisk's hangup
+signal for local scripts) ends the call at once, and an interval timer is the backstop.
+Settings come from ``$DGSM_AGI_CONFIG`` or ``/etc/dgsm-integrations/asterisk.conf`` (Asterisk
+gives the script no flags of ours: the arguments come from the dialplan, where the caller
+controls ``${EXTEN}``).
 
 One line per call, ``dgsm-agi: ext=... result=... ...``, goes where an Asterisk operator
 looks: into Asterisk's own log through the AGI (``asterisk-log = notice``: Asterisk's Log()
@@ -27,6 +28,8 @@ import syslog
 import time
 from types import FrameType
 
+from ..mslookup import Outcome, Query, Result, TransportError
+from ..mslookup.blocking import Resolver
 from .agi import (
     AgiEnv,
     AgiProtocolError,
@@ -38,7 +41,6 @@ from .agi import (
     set_variable,
 )
 from .config import Config, ConfigError, config_from_environment
-from .oneshot import lookup_once
 from .routing import Routing, Verdict, log_text, one_line, parse_extension
 
 __all__ = ["main"]
@@ -46,6 +48,16 @@ __all__ = ["main"]
 
 class _Stop(Exception):
     """End the call now (hangup signal, deadline, peer gone)."""
+
+
+def _lookup(query: Query, config: Config) -> Result:
+    """One lookup on the blocking driver: this process is its only caller, so it sends,
+    waits in select() and reads by itself (no thread, no asyncio)."""
+    try:
+        with Resolver(**config.resolver_kwargs()) as resolver:
+            return resolver.resolve(query)
+    except TransportError as exc:
+        return Result(query, Outcome.ERROR, reason=str(exc))
 
 
 def _on_signal(signum: int, frame: FrameType | None) -> None:
@@ -154,7 +166,7 @@ def run(config: Config, rfd: int = 0, wfd: int = 1) -> tuple[int, str]:
         else:
             t0 = time.monotonic()
             try:
-                result = lookup_once(config.routing.query(msisdn), **config.resolver_kwargs())
+                result = _lookup(config.routing.query(msisdn), config)
             finally:
                 lookup_ms = (time.monotonic() - t0) * 1000
             verdict = config.routing.verdict(msisdn, result)

@@ -18,7 +18,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..mslookup.aio import Network, parse_networks
+from ..mslookup.model import Network, parse_networks
 
 __all__ = ["CredentialsError", "SiteCredentials", "TrustPolicy", "parse_credentials_file",
            "parse_site_credentials"]

@@ -22,7 +22,7 @@ from dataclasses import dataclass, fields, replace
 from typing import Any
 
 from ..mslookup import DEFAULT_GROUP_V4, DEFAULT_PORT, DEFAULT_SUFFIX, IdType, Query
-from ..mslookup.aio import parse_networks
+from ..mslookup.model import parse_networks
 from ..mslookup.query import validate_suffix
 from ..mslookup.transport import MulticastConfig
 from ..settings import ConfigError, convert, read_config_file

@@ -4,7 +4,9 @@
 - :class:`AsyncResolver` / :class:`Resolver` — the asyncio client and its blocking twin.
 - :class:`Result` — found / not-found / error, a value; :class:`Endpoint` — host and port.
 - :class:`Responder` — answers queries like OsmoHLR (tests, lab, sites without OsmoHLR).
-- :mod:`.wire`, :mod:`.selection` — the sans-I/O protocol core.
+- :mod:`.engine` — the whole lookup as a sans-I/O state machine, which the drivers
+  (:mod:`.aio`, :mod:`.blocking`) run; :mod:`.wire`, :mod:`.selection`, :mod:`.pacing` are
+  its parts.
 """
 
 from typing import TYPE_CHECKING, Any
@@ -19,14 +21,15 @@ from .selection import Selection, Timing
 from .transport import DEFAULT_GROUP_V4, DEFAULT_GROUP_V6, DEFAULT_PORT, MulticastConfig
 
 if TYPE_CHECKING:
-    from .aio import AnswerTrace, AsyncResolver, Stats
+    from .aio import AsyncResolver
     from .blocking import Resolver
+    from .engine import AnswerTrace, Stats
     from .responder import Record, Responder
 
 _LAZY = {
-    "AnswerTrace": "aio",
+    "AnswerTrace": "engine",
     "AsyncResolver": "aio",
-    "Stats": "aio",
+    "Stats": "engine",
     "Resolver": "blocking",
     "Record": "responder",
     "Responder": "responder",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
+from collections.abc import Iterable
 from dataclasses import dataclass
 from enum import StrEnum
 from functools import lru_cache
@@ -10,7 +11,36 @@ from functools import lru_cache
 from .errors import InvalidQuery
 from .query import Query
 
-__all__ = ["Answer", "Endpoint", "Outcome", "Result", "unusable_reason"]
+__all__ = ["Answer", "Endpoint", "Network", "Outcome", "Result", "parse_networks",
+           "trusted_by", "unusable_reason"]
+
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+def parse_networks(trusted: Iterable[str | Network] | None) -> tuple[Network, ...] | None:
+    """Parse a list of trusted networks (``10.0.0.0/8``, ``fd00::/8``, single addresses)."""
+    if trusted is None:
+        return None
+    if isinstance(trusted, str | bytes):
+        raise InvalidQuery(f"trusted must be a list of networks, not the string {trusted!r}")
+    nets: list[Network] = []
+    for item in trusted:
+        try:
+            nets.append(ipaddress.ip_network(item, strict=False))
+        except (ValueError, TypeError):
+            raise InvalidQuery(f"invalid trusted network {item!r}") from None
+    return tuple(nets)
+
+
+def trusted_by(host: str, nets: tuple[Network, ...] | None) -> bool:
+    """Whether the address ``host`` is inside one of ``nets`` (None: everything is)."""
+    if nets is None:
+        return True
+    try:
+        ip = ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return any(ip in net for net in nets)
 
 
 @dataclass(frozen=True, slots=True)

@@ -17,6 +17,7 @@ __all__ = [
     "MAX_DELAY_MS",
     "IdType",
     "Query",
+    "as_query",
     "validate_suffix",
 ]
 
@@ -164,3 +165,12 @@ class Query:
         delay = "" if self.min_delay_ms is None else str(self.min_delay_ms)
         timeout = "" if self.timeout_ms is None else str(self.timeout_ms)
         return f"{delay}-{timeout}@{self.domain}"
+
+
+def as_query(query: str | Query) -> Query:
+    """Accept a query string or a :class:`Query`; raise InvalidQuery for anything else."""
+    if isinstance(query, Query):
+        return query
+    if isinstance(query, str):
+        return Query.parse(query)
+    raise InvalidQuery(f"query must be a string or Query, not {type(query).__name__}")

@@ -16,10 +16,9 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 from .._ratelimit import LogLimiter
-from .aio import as_query
 from .errors import InvalidQuery, TransportError, WireError
 from .model import Endpoint
-from .query import DEFAULT_SUFFIX, Query, validate_suffix
+from .query import DEFAULT_SUFFIX, Query, as_query, validate_suffix
 from .transport import DEFAULT_GROUP_V4, DEFAULT_PORT, MulticastConfig, open_socket
 from .wire import decode_query, encode_answer, is_answer
 

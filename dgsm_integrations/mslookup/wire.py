@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import ipaddress
 import re
-import socket
 import struct
 from functools import lru_cache
 
@@ -231,7 +230,7 @@ def decode_answer(data: bytes, suffix: str = DEFAULT_SUFFIX) -> Answer:
             if rdlength != size:
                 raise WireError(f"address record of {rdlength} bytes")
             # the same canonical text as Endpoint() gives (inet_ntop differs for ::ffff:a.b.c.d)
-            host = (socket.inet_ntop(socket.AF_INET, rdata) if family == 4
+            host = (f"{rdata[0]}.{rdata[1]}.{rdata[2]}.{rdata[3]}" if family == 4
                     else str(ipaddress.IPv6Address(rdata)))
             pending = (family, host)
             # placeholder so a duplicate is seen even before its port arrives

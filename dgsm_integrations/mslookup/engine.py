@@ -1,0 +1,617 @@
+"""The whole mslookup client as a sans-I/O state machine on an injected clock.
+
+An :class:`Engine` owns everything a lookup is, except the socket and the clock: flights
+(identical queries in flight share one), the re-send schedule and pacing (:mod:`.pacing`),
+the triage of every datagram that arrives (junk, queries, untrusted, unusable, unmatched,
+duplicates) with its counters, libosmo-mslookup's selection (:mod:`.selection`), the rule
+that a lookup none of whose queries could be sent is an error and not "not found", the
+grace period after copies that did not leave on time, and the watch on ``trusted``.
+A driver (asyncio in :mod:`.aio`, threads in :mod:`.blocking`, ``select()`` in
+:mod:`.sync`) is glue; it does exactly this, in this order, whenever it wakes::
+
+    now = clock()
+    for data, source in what the socket holds:   # everything that arrived by now
+        engine.receive(data, source, now)
+    for flight, datagram in engine.due(now):     # what the pacer lets leave now
+        try: send(datagram)
+        except OSError as exc: engine.send_failed(flight, str(exc))
+    engine.advance(now)                          # deadlines: results, ends
+    sleep until engine.next_wakeup(), or the socket is readable
+
+Reading the socket before the deadlines are judged matters: a driver that was not scheduled
+for a while (a loaded PBX) must count answers that were waiting for it, not call them late.
+
+Results reach each lookup's ``deliver`` callback from inside these calls, in order; the last
+has ``last=True``. Nothing here blocks, sleeps, reads a clock or touches a socket; a test
+checks that this module and the modules it uses import no socket, asyncio, select,
+threading or time.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import os
+from collections.abc import Callable, Hashable, Iterable
+from dataclasses import dataclass, fields, replace
+from typing import Protocol
+
+from .errors import InvalidQuery, WireError
+from .model import Answer, Endpoint, Network, Outcome, Result, parse_networks, trusted_by
+from .model import unusable_reason as _unusable_reason
+from .pacing import DEFAULT_BURST, DEFAULT_RATE, GRID, Pacer
+from .query import DEFAULT_SUFFIX, Query, validate_suffix
+from .selection import Selection, Timing
+from .wire import HEADER_LEN, decode_answer, encode_query
+
+__all__ = ["DEFAULT_RESEND", "AnswerTrace", "Engine", "Lookup", "Reporter", "Settings",
+           "Stats"]
+
+#: Extra copies of each query by default (see docs/mslookup.md, "What the re-sends buy").
+DEFAULT_RESEND = 4
+#: Seconds over which "every answer was dropped as untrusted" is judged.
+TRUST_WINDOW = 10.0
+#: How many distinct answers (bytes and sender) a flight remembers: for callers that join
+#: it late, and so that the copies every site sends for each re-sent query cost a byte
+#: comparison instead of a decode.
+_MAX_SEEN = 64
+#: How many (site, address) pairs of unusable answers are each logged once.
+_MAX_WARNED_UNUSABLE = 64
+#: Remembered verdicts on source addresses (trusted or not).
+_MAX_SOURCES = 1024
+#: A driver's wake-up this close before a deadline counts as the deadline.
+_EARLY = 0.001
+#: A lookup whose first copy left late keeps at least this share of its window after it.
+FLOOR_SHARE = 0.25
+
+# verdicts remembered per distinct answer
+_OK, _MALFORMED, _UNTRUSTED, _UNUSABLE = range(4)
+
+
+class Reporter(Protocol):
+    """Where the engine's log records go (the drivers pass a rate-limited logger)."""
+
+    def warning(self, kind: str, msg: str, *args: object) -> object: ...
+
+    def debug(self, kind: str, msg: str, *args: object) -> object: ...
+
+    def once(self, msg: str, *args: object) -> object:
+        """A record the engine itself already bounds (once per site, or per change)."""
+
+
+class _Silent:
+    def warning(self, kind: str, msg: str, *args: object) -> object:
+        return None
+
+    def debug(self, kind: str, msg: str, *args: object) -> object:
+        return None
+
+    def once(self, msg: str, *args: object) -> object:
+        return None
+
+
+@dataclass
+class Stats:
+    """Counters of one resolver (monotonic; read them, don't write them)."""
+
+    lookups: int = 0
+    coalesced: int = 0
+    found: int = 0
+    not_found: int = 0
+    errors: int = 0
+    queries_sent: int = 0
+    send_errors: int = 0
+    resends_deferred: int = 0
+    resends_skipped: int = 0
+    grace_periods: int = 0
+    packets_received: int = 0
+    queries_seen: int = 0
+    answers_accepted: int = 0
+    dropped_malformed: int = 0
+    dropped_untrusted: int = 0
+    dropped_unusable: int = 0
+    dropped_unmatched: int = 0
+    duplicates: int = 0
+    kernel_drops: int = 0
+    #: windows of TRUST_WINDOW s in which answers arrived and every one was dropped as
+    #: untrusted (a ``trusted`` that misses the sites: every lookup is "not found")
+    untrusted_only_windows: int = 0
+
+    def as_dict(self) -> dict[str, int]:
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+
+@dataclass(frozen=True, slots=True)
+class AnswerTrace:
+    """One answer as it arrived, for tracing: who sent it and whether it is now the best."""
+
+    query: Query
+    site: str
+    age: int
+    v4: Endpoint | None
+    v6: Endpoint | None
+    won: bool
+    elapsed: float
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    """What every lookup of one engine shares; validated here, once, for every driver.
+
+    ``min_delay`` / ``timeout`` are defaults (a query string's own ``[delay-][timeout]@``
+    and per-call values override them); ``resend`` extra copies of each query are spread
+    over the first window (``resend_interval`` apart, default evenly); all lookups together
+    send at most ``send_rate`` datagrams per second, ``burst`` at once (:mod:`.pacing`).
+    ``trusted``: answers sent from, or naming, an address outside these networks are
+    dropped. ``allow_loopback``: answers naming 127.0.0.0/8 or ::1 are accepted (a lab).
+    """
+
+    suffix: str = DEFAULT_SUFFIX
+    min_delay: float = 1.0
+    timeout: float | None = None
+    resend: int = DEFAULT_RESEND
+    resend_interval: float | None = None
+    trusted: tuple[Network, ...] | None = None
+    allow_loopback: bool = False
+    send_rate: float = DEFAULT_RATE
+    burst: int = DEFAULT_BURST
+
+    def __post_init__(self) -> None:
+        validate_suffix(self.suffix)
+        Timing(self.min_delay, self.timeout or 0.0)  # validates the ranges
+        if isinstance(self.resend, bool) or not (isinstance(self.resend, int)
+                                                 and 0 <= self.resend <= 20):
+            raise InvalidQuery(f"resend must be 0..20, not {self.resend}")
+        ri = self.resend_interval
+        if ri is not None and not (isinstance(ri, int | float) and 0 < ri <= 60):
+            raise InvalidQuery(f"resend_interval must be in (0, 60] s, not {ri}")
+        rate = self.send_rate
+        if isinstance(rate, bool) or not (isinstance(rate, int | float)
+                                          and 10 <= rate <= 100_000):
+            raise InvalidQuery(f"send_rate must be 10..100000 datagrams/s, not {rate}")
+        if isinstance(self.burst, bool) or not (isinstance(self.burst, int)
+                                                and 1 <= self.burst <= 10_000):
+            raise InvalidQuery(f"burst must be 1..10000 datagrams, not {self.burst}")
+
+    @classmethod
+    def of(cls, *, suffix: str = DEFAULT_SUFFIX, min_delay: float = 1.0,
+           timeout: float | None = None, resend: int = DEFAULT_RESEND,
+           resend_interval: float | None = None,
+           trusted: Iterable[str | Network] | None = None, allow_loopback: bool = False,
+           send_rate: float = DEFAULT_RATE, burst: int = DEFAULT_BURST) -> Settings:
+        """Settings from user-level values (``trusted`` as strings); raises InvalidQuery."""
+        if not isinstance(min_delay, int | float) or isinstance(min_delay, bool):
+            raise InvalidQuery(f"min_delay must be a number of seconds, not {min_delay!r}")
+        if timeout is not None and (not isinstance(timeout, int | float)
+                                    or isinstance(timeout, bool)):
+            raise InvalidQuery(f"timeout must be a number of seconds, not {timeout!r}")
+        return cls(suffix, float(min_delay), None if timeout is None else float(timeout),
+                   resend, resend_interval, parse_networks(trusted), bool(allow_loopback),
+                   float(send_rate), burst)
+
+    def timing(self, query: Query, min_delay: float | None = None,
+               timeout: float | None = None) -> Timing:
+        """The effective timing of ``query`` with these per-call overrides."""
+        md = self.min_delay if min_delay is None else min_delay
+        to = self.timeout if timeout is None else timeout
+        return Timing.of(query, md, to)
+
+
+class Lookup:
+    """One caller's lookup: its own selection and timing, on a (maybe shared) flight."""
+
+    __slots__ = ("deliver", "due_at", "flight", "hold", "on_answer", "selection", "shift")
+
+    def __init__(self, selection: Selection, deliver: Callable[[Result], None],
+                 on_answer: Callable[[AnswerTrace], None] | None, flight: _Flight) -> None:
+        self.selection = selection
+        self.deliver = deliver
+        self.on_answer = on_answer
+        self.flight: _Flight | None = flight  # None once detached
+        self.due_at: float | None = None  # the deadline the engine's heap holds for it
+        self.hold: float | None = None  # the end of a grace period
+        self.shift = 0.0  # how far its deadlines moved because its first copy left late
+
+    @property
+    def done(self) -> bool:
+        return self.flight is None
+
+
+class _Flight:
+    __slots__ = ("handed", "key", "lookups", "name", "query", "seen", "send_error",
+                 "sent_ok", "wire")
+
+    def __init__(self, query: Query, wire: bytes) -> None:
+        self.query = query
+        self.key = query.key
+        self.wire = wire
+        self.name = wire[HEADER_LEN:-4]  # the question name, as an answer repeats it
+        self.lookups: list[Lookup] = []
+        # distinct answers: (datagram, sender, decoded answer, verdict)
+        self.seen: list[tuple[bytes, str, Answer | None, int]] = []
+        self.handed = 0  # copies handed to the driver
+        self.sent_ok = 0  # ... and not reported failed
+        self.send_error: str | None = None
+
+
+def _random_id() -> int:
+    return int.from_bytes(os.urandom(2), "big")
+
+
+def _name_at(data: bytes) -> bytes | None:
+    """The raw name that starts an answer's first record (None: not a plain name)."""
+    end, size = HEADER_LEN, len(data)
+    while end < size:
+        length = data[end]
+        if length == 0:
+            return data[HEADER_LEN:end + 1] if end > HEADER_LEN else None
+        if length & 0xC0 or end - HEADER_LEN > 255:
+            return None
+        end += length + 1
+    return None
+
+
+class Engine:
+    """The lookups of one mslookup client socket, on the driver's clock (seconds)."""
+
+    def __init__(self, settings: Settings | None = None, *, now: float = 0.0,
+                 report: Reporter | None = None,
+                 packet_id: Callable[[], int] = _random_id) -> None:
+        self.settings = settings = settings or Settings()
+        self.stats = Stats()
+        #: set while every answer of the last TRUST_WINDOW s was dropped as untrusted
+        self.trust_warning: str | None = None
+        self._report: Reporter = report or _Silent()
+        self._packet_id = packet_id
+        self._pacer = Pacer(settings.send_rate, settings.burst, now=now)
+        self._flights: dict[Hashable, _Flight] = {}
+        self._by_name: dict[bytes, _Flight] = {}
+        self._deadlines: list[tuple[float, int, Lookup]] = []
+        self._seq = itertools.count()
+        self._sources: dict[str, bool] = {}
+        self._warned_unusable: set[tuple[str, str]] = set()
+        self._trust_mark = (now, 0, 0)
+
+    def __len__(self) -> int:
+        """Flights in progress."""
+        return len(self._flights)
+
+    # -- what a driver calls ----------------------------------------------------------------
+
+    def start(self, query: Query, now: float, deliver: Callable[[Result], None], *,
+              timing: Timing | None = None,
+              on_answer: Callable[[AnswerTrace], None] | None = None) -> Lookup:
+        """Begin a lookup; its results go to ``deliver``. An identical query in flight is
+        joined (one query on the wire) and its answers so far are given at once."""
+        timing = timing or self.settings.timing(query)
+        self.stats.lookups += 1
+        flight = self._flights.get(query.key)
+        if flight is None:
+            wire = encode_query(query, self._packet_id(), self.settings.suffix)
+            flight = self._flights[query.key] = _Flight(query, wire)
+            self._by_name[flight.name] = flight
+        else:
+            self.stats.coalesced += 1
+        lookup = Lookup(Selection(query, timing, now), deliver, on_answer, flight)
+        flight.lookups.append(lookup)
+        for _data, source, answer, verdict in flight.seen:
+            if verdict == _OK and answer is not None and not lookup.done:
+                self._feed(lookup, answer, source, now)
+        if not lookup.done:
+            self._arm(lookup)
+            s = self.settings
+            self._pacer.schedule(flight, flight.wire, now, timing.window, s.resend + 1,
+                                 s.resend_interval)
+        return lookup
+
+    def cancel(self, lookup: Lookup, now: float, reason: str | None = None) -> None:
+        """End a lookup: with an error result ``reason``, or silently (its caller left)."""
+        if lookup.done:
+            return
+        if reason is not None:
+            self._deliver(lookup, [lookup.selection.cancel(now, reason)], now)
+        self._detach(lookup)
+
+    def close(self, now: float, reason: str = "resolver closed") -> None:
+        """End every lookup with an error result."""
+        for flight in list(self._flights.values()):
+            for lookup in list(flight.lookups):
+                self.cancel(lookup, now, reason)
+
+    def receive(self, data: bytes, source: str, now: float) -> None:
+        """One datagram from the group, sent from ``source`` (an address), arrived by ``now``.
+        Junk, queries and unwanted answers are counted and dropped; never raises."""
+        stats = self.stats
+        stats.packets_received += 1
+        if len(data) < HEADER_LEN:
+            stats.dropped_malformed += 1
+            return
+        if not data[2] & 0x80:
+            stats.queries_seen += 1
+            return
+        if self.settings.trusted is not None and not self._source_trusted(source):
+            stats.dropped_untrusted += 1
+            self._report.debug("untrusted source", "dropped answer from untrusted %s", source)
+            return
+        name = _name_at(data)
+        flight = None if name is None else self._by_name.get(name)
+        if flight is None:
+            self._unmatched(data, source, name, now)
+            return
+        answer: Answer | None = None
+        verdict = -1
+        for seen in flight.seen:
+            if seen[1] == source and seen[0] == data:
+                stats.duplicates += 1
+                answer, verdict = seen[2], seen[3]
+                break
+        if verdict < 0:
+            answer, verdict = self._judge(data, source)
+            if len(flight.seen) < _MAX_SEEN:
+                flight.seen.append((data, source, answer, verdict))
+        if verdict != _OK or answer is None:
+            if verdict == _MALFORMED:
+                stats.dropped_malformed += 1
+            elif verdict == _UNTRUSTED:
+                stats.dropped_untrusted += 1
+            else:
+                stats.dropped_unusable += 1
+            return
+        if answer.query.key != flight.key:  # pragma: no cover (same name, same key)
+            stats.dropped_unmatched += 1
+            return
+        stats.answers_accepted += 1
+        for lookup in flight.lookups[:] if len(flight.lookups) > 1 else flight.lookups:
+            self._feed(lookup, answer, source, now)
+
+    def kernel_drops(self, total: int) -> None:
+        """The socket's count of datagrams the kernel dropped at a full receive buffer."""
+        if total > self.stats.kernel_drops:
+            self._report.warning(
+                "kernel drops", "kernel dropped %d mslookup datagrams (receive buffer full; "
+                "%d in all)", total - self.stats.kernel_drops, total)
+            self.stats.kernel_drops = total
+
+    def due(self, now: float) -> list[tuple[_Flight, bytes]]:
+        """The datagrams to send now, in order (each counted as sent unless the driver then
+        reports :meth:`send_failed`)."""
+        pacer = self._pacer
+        deferred, skipped = pacer.deferred, pacer.skipped
+        out: list[tuple[_Flight, bytes]] = []
+        for key, wire in pacer.due(now):
+            flight = key
+            assert isinstance(flight, _Flight)
+            if flight.handed == 0:
+                self._first_copy_left(flight, now)
+            flight.handed += 1
+            flight.sent_ok += 1
+            out.append((flight, wire))
+        self.stats.queries_sent += len(out)
+        self.stats.resends_deferred += pacer.deferred - deferred
+        self.stats.resends_skipped += pacer.skipped - skipped
+        return out
+
+    def send_failed(self, flight: _Flight, error: str) -> None:
+        """A datagram :meth:`due` handed out could not be sent."""
+        self.stats.queries_sent -= 1
+        self.stats.send_errors += 1
+        flight.sent_ok -= 1
+        flight.send_error = f"cannot send query: {error}"
+        self._report.warning("send error", "%s: %s", flight.query.domain, flight.send_error)
+
+    def advance(self, now: float) -> None:
+        """Deliver what is due by ``now``: results at min_delay and timeout, ends."""
+        heap = self._deadlines
+        while heap and heap[0][0] <= now + _EARLY:
+            at, _seq, lookup = heapq.heappop(heap)
+            if lookup.due_at != at or lookup.done:
+                continue  # moved or ended since
+            lookup.due_at = None
+            flight = lookup.flight
+            if flight is not None and flight.handed == 0:
+                continue  # not asked yet (the pacer holds it): armed when its copy leaves
+            when = max(now, at)
+            if self._grace(lookup, when):
+                continue
+            self._deliver(lookup, lookup.selection.tick(when), when)
+
+    def next_wakeup(self) -> float | None:
+        """When :meth:`due` or :meth:`advance` next has something to do (None: nothing)."""
+        heap = self._deadlines
+        while heap and (heap[0][2].due_at != heap[0][0] or heap[0][2].done):
+            heapq.heappop(heap)
+        wake = self._pacer.next_wakeup()
+        if heap and (wake is None or heap[0][0] < wake):
+            return heap[0][0]
+        return wake
+
+    # -- internals --------------------------------------------------------------------------
+
+    def _source_trusted(self, host: str) -> bool:
+        verdict = self._sources.get(host)
+        if verdict is None:
+            if len(self._sources) >= _MAX_SOURCES:
+                self._sources.clear()
+            verdict = self._sources[host] = trusted_by(host, self.settings.trusted)
+        return verdict
+
+    def _judge(self, data: bytes, source: str) -> tuple[Answer | None, int]:
+        s = self.settings
+        try:
+            answer = decode_answer(data, s.suffix)
+        except WireError as exc:
+            self._report.debug("malformed answer", "dropped malformed answer from %s: %s",
+                               source, exc)
+            return None, _MALFORMED
+        endpoints = [e for e in (answer.v4, answer.v6) if e is not None]
+        if s.trusted is not None and not all(self._source_trusted(e.host) for e in endpoints):
+            self._report.debug("untrusted address",
+                               "dropped answer from %s naming an untrusted address", source)
+            return answer, _UNTRUSTED
+        for endpoint in endpoints:
+            reason = _unusable_reason(endpoint, allow_loopback=s.allow_loopback)
+            if reason is not None:
+                self._warn_unusable(answer, source, endpoint, reason)
+                return answer, _UNUSABLE
+        return answer, _OK
+
+    def _unmatched(self, data: bytes, source: str, name: bytes | None, now: float) -> None:
+        """An answer whose name is none of our flights': to another site's question, or
+        malformed, or (rarely) our question written back in another letter case."""
+        stats = self.stats
+        if name is not None and name.lower() == name:
+            stats.dropped_unmatched += 1  # not decoded: most traffic on a busy group is this
+            return
+        answer, verdict = self._judge(data, source)
+        if verdict == _MALFORMED or answer is None:
+            stats.dropped_malformed += 1
+            return
+        flight = self._flights.get(answer.query.key)
+        if flight is None:
+            stats.dropped_unmatched += 1
+            return
+        # the id type in another case: libosmo-mslookup matches it, so do we (not remembered)
+        if verdict == _UNTRUSTED:
+            stats.dropped_untrusted += 1
+        elif verdict == _UNUSABLE:
+            stats.dropped_unusable += 1
+        else:
+            stats.answers_accepted += 1
+            for lookup in list(flight.lookups):
+                self._feed(lookup, answer, source, now)
+
+    def _warn_unusable(self, answer: Answer, source: str, endpoint: Endpoint,
+                       reason: str) -> None:
+        key = (source, endpoint.host)
+        if key in self._warned_unusable or len(self._warned_unusable) >= _MAX_WARNED_UNUSABLE:
+            self._report.debug("unusable address", "dropped answer from %s naming %s", source,
+                               endpoint)
+            return
+        self._warned_unusable.add(key)
+        self._report.once(
+            "dropped the answer from %s for %s: it names %s, %s; no call or SMS can go there "
+            "(logged once per site and address; counted as dropped_unusable)",
+            source, answer.query.domain, endpoint, reason)
+
+    def _feed(self, lookup: Lookup, answer: Answer, site: str, now: float) -> None:
+        selection = lookup.selection
+        before = selection.best
+        results = selection.feed(answer, now, site)
+        if lookup.on_answer is not None:
+            won = selection.best is not before  # this answer became the best
+            trace = AnswerTrace(answer.query, site, answer.age, answer.v4, answer.v6,
+                                won, now - selection.start)
+            try:
+                lookup.on_answer(trace)
+            except Exception as exc:  # a caller's bug must not end the engine
+                self._report.warning("on_answer", "on_answer callback failed: %r", exc)
+        if results:
+            self._deliver(lookup, results, now)
+
+    def _deliver(self, lookup: Lookup, results: list[Result], now: float) -> None:
+        flight = lookup.flight
+        for result in results:
+            if result.last:
+                if (result.outcome is Outcome.NOT_FOUND and flight is not None
+                        and flight.sent_ok == 0):
+                    result = replace(result, outcome=Outcome.ERROR,
+                                     reason=flight.send_error or "no query could be sent")
+                stats = self.stats
+                if result.outcome is Outcome.FOUND or result.outcome is Outcome.NONE:
+                    stats.found += 1
+                elif result.outcome is Outcome.NOT_FOUND:
+                    stats.not_found += 1
+                else:
+                    stats.errors += 1
+                self._watch_trust(now)
+            lookup.deliver(result)
+        if lookup.selection.done:
+            self._detach(lookup)
+        else:
+            self._arm(lookup)  # the deadline may have moved, with or without a result
+
+    def _arm(self, lookup: Lookup) -> None:
+        """Make sure the heap holds the lookup's current deadline."""
+        deadline = lookup.selection.deadline
+        if deadline is not None:
+            deadline += lookup.shift
+            if lookup.hold is not None:
+                deadline = max(deadline, lookup.hold)
+        if deadline != lookup.due_at:
+            lookup.due_at = deadline
+            if deadline is not None:
+                heapq.heappush(self._deadlines, (deadline, next(self._seq), lookup))
+
+    def _detach(self, lookup: Lookup) -> None:
+        flight = lookup.flight
+        if flight is None:
+            return
+        lookup.flight = None
+        lookup.due_at = None
+        flight.lookups.remove(lookup)
+        if not flight.lookups and self._flights.get(flight.key) is flight:
+            self._pacer.cancel(flight)
+            del self._flights[flight.key]
+            del self._by_name[flight.name]
+
+    def _first_copy_left(self, flight: _Flight, now: float) -> None:
+        """A lookup asks the network when its first copy leaves. If the pacer held it back
+        (a burst of lookups) so long that less than FLOOR_SHARE of its window is left, its
+        deadlines move out until that much is: a site answering a few ms after another must
+        not miss a deadline that falls just after the query went out (an older site would
+        win). A short hold costs nothing: answers need milliseconds, not the window."""
+        for lookup in flight.lookups:
+            selection = lookup.selection
+            window = selection.timing.window
+            shift = now + window * FLOOR_SHARE - (selection.start + window)
+            if shift > GRID:
+                lookup.shift = shift
+                self._arm(lookup)
+
+    def _grace(self, lookup: Lookup, now: float) -> bool:
+        """At the end of a lookup that found nothing, make up for copies that did not leave
+        on time (the process could not run: CPU starved, or the pacer held them back): send
+        that many again over half a window more, once, and end the lookup after it.
+        "Not found" then means what it says: every promised copy had its chance."""
+        selection = lookup.selection
+        timing = selection.timing
+        flight = lookup.flight
+        if lookup.hold is not None or selection.best is not None or flight is None:
+            return False
+        final = (timing.timeout <= timing.min_delay
+                 or now >= selection.start + lookup.shift + timing.timeout - 0.005)
+        if not final:
+            return False
+        missed = self._pacer.missed(flight)
+        if not missed:
+            return False
+        extra = timing.window / 2
+        lookup.hold = now + extra
+        self._pacer.schedule(flight, flight.wire, now, extra, missed)
+        self.stats.grace_periods += 1
+        self._arm(lookup)
+        return True
+
+    def _watch_trust(self, now: float) -> None:
+        """When a lookup ends: if every answer of the last TRUST_WINDOW s was dropped as
+        untrusted, say so once (and again only after answers were accepted in between)."""
+        stats = self.stats
+        start, dropped0, accepted0 = self._trust_mark
+        if now - start < TRUST_WINDOW:
+            return
+        dropped = stats.dropped_untrusted - dropped0
+        accepted = stats.answers_accepted - accepted0
+        self._trust_mark = (now, stats.dropped_untrusted, stats.answers_accepted)
+        if dropped and not accepted:
+            stats.untrusted_only_windows += 1
+            if self.trust_warning is None:
+                nets = ",".join(str(n) for n in self.settings.trusted or ())
+                self.trust_warning = (
+                    f"all {dropped} answers in the last {now - start:.0f} s dropped as "
+                    f"untrusted: check trusted= ({nets}); the sites' addresses, and the "
+                    "addresses they announce, must be inside it")
+                self._report.once("mslookup: %s", self.trust_warning)
+        elif accepted and self.trust_warning is not None:
+            self._report.once("mslookup: answers are accepted again (%d in the last %.0f s)",
+                              accepted, now - start)
+            self.trust_warning = None

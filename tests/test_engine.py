@@ -1,0 +1,285 @@
+"""The lookup engine on a clock the test controls (no socket), and the rules its drivers keep.
+
+The engine is the whole client lookup (issue 13); these tests drive it directly, the way
+every driver does: receive what arrived, send what is due, advance, sleep until the next
+wake-up.
+"""
+
+from __future__ import annotations
+
+import ast
+import itertools
+import socket
+import struct
+from pathlib import Path
+
+import pytest
+
+from dgsm_integrations.mslookup import Endpoint, Outcome, Query, Result, wire
+from dgsm_integrations.mslookup import engine as engine_module
+from dgsm_integrations.mslookup.blocking import Resolver
+from dgsm_integrations.mslookup.engine import Engine, Settings
+from dgsm_integrations.mslookup.wire import decode_query, encode_answer
+
+from .conftest import LO
+
+CORE = ("engine", "pacing", "selection", "wire", "query", "model", "errors")
+PURE_STDLIB = {"__future__", "collections.abc", "dataclasses", "enum", "functools", "heapq",
+               "ipaddress", "itertools", "math", "os", "re", "struct", "typing"}
+SITE = "10.9.0.1"
+
+
+def _imports(path: Path) -> list[tuple[str, int, str | None]]:
+    """(module, level, enclosing function) of every import statement in a file."""
+    tree = ast.parse(path.read_text())
+    found: list[tuple[str, int, str | None]] = []
+
+    def visit(node: ast.AST, func: str | None) -> None:
+        for child in ast.iter_child_nodes(node):
+            if isinstance(child, ast.FunctionDef | ast.AsyncFunctionDef):
+                visit(child, child.name)
+                continue
+            if isinstance(child, ast.Import):
+                found.extend((alias.name, 0, func) for alias in child.names)
+            elif isinstance(child, ast.ImportFrom):
+                found.append((child.module or "", child.level, func))
+            visit(child, func)
+    visit(tree, None)
+    return found
+
+
+def test_core_modules_import_no_io() -> None:
+    """The engine and everything it is made of import no socket, asyncio, select,
+    threading or time: only each other and pure standard modules. The one exception is
+    wire.encode_answer's import of the dnslib packer, which answers (responders) need and
+    the client engine never calls."""
+    root = Path(engine_module.__file__).parent
+    for name in CORE:
+        for module, level, func in _imports(root / f"{name}.py"):
+            if level:
+                if module == "_dnslib_answer":
+                    assert (name, func) == ("wire", "encode_answer")
+                    continue
+                assert module in CORE, f"{name}.py imports .{module}, not a core module"
+            else:
+                assert module in PURE_STDLIB, f"{name}.py imports {module}"
+    assert "encode_answer" not in (root / "engine.py").read_text()
+
+
+def _query(n: int = 1001) -> Query:
+    return Query.parse(f"sip.voice.{n}.msisdn")
+
+
+def _answer(query: Query, age: int, host: str = "10.9.0.5", port: int = 5060) -> bytes:
+    return encode_answer(query, 0, age, Endpoint(host, port))
+
+
+class Drive:
+    """A driver with no socket: what the engine sends is kept, results are collected."""
+
+    def __init__(self, **settings: object) -> None:
+        self.engine = Engine(Settings.of(**settings), now=0.0)  # type: ignore[arg-type]
+        self.sent: list[tuple[float, bytes]] = []
+        self.results: dict[str, list[Result]] = {}
+
+    def start(self, query: Query, now: float) -> None:
+        self.engine.start(query, now, self.results.setdefault(query.id, []).append)
+        self.pump(now)
+
+    def pump(self, now: float) -> None:
+        self.sent.extend((now, d) for _flight, d in self.engine.due(now))
+        self.engine.advance(now)
+
+    def run_until(self, end: float) -> None:
+        """Wake exactly when the engine asks, until ``end``."""
+        while (wake := self.engine.next_wakeup()) is not None and wake <= end:
+            self.pump(wake)
+
+
+def test_an_answer_read_after_the_deadline_counts_when_it_waited_before_it() -> None:
+    """Found with a real Asterisk: a script not scheduled until past its deadline said "not
+    found" with the answer in its socket. Drivers read before they advance; the engine
+    then counts the answer."""
+    d = Drive(min_delay=0.2)
+    q = _query()
+    d.start(q, 0.0)
+    d.engine.receive(_answer(q, 3), SITE, 10.0)  # read 10 s late
+    d.pump(10.0)
+    (result,) = d.results[q.id]
+    assert result.outcome is Outcome.FOUND and result.age == 3 and result.last
+
+
+def test_youngest_of_three_wins_and_copies_are_matched_without_a_decode(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    decodes = [0]
+    real = wire.decode_answer
+
+    def counting(data: bytes, suffix: str) -> object:
+        decodes[0] += 1
+        return real(data, suffix)
+    monkeypatch.setattr(engine_module, "decode_answer", counting)
+    d = Drive(min_delay=1.0)
+    q = _query()
+    d.start(q, 0.0)
+    for copy in range(5):  # every site answers every copy
+        for k, age in enumerate((30, 10, 50)):
+            d.engine.receive(_answer(q, age, f"10.9.{k}.5"), f"10.9.{k}.1", 0.01 + copy / 10)
+    d.run_until(2.0)
+    (result,) = d.results[q.id]
+    assert result.age == 10 and result.site == "10.9.1.1"
+    assert result.v4 == Endpoint("10.9.1.5", 5060)
+    stats = d.engine.stats
+    assert decodes[0] == 3 and stats.duplicates == 12 and stats.answers_accepted == 15
+
+
+def test_every_copy_leaves_inside_the_window_spread_evenly() -> None:
+    d = Drive(min_delay=1.0)
+    q = _query()
+    d.start(q, 0.0)
+    d.run_until(2.0)
+    times = [t for t, _ in d.sent]
+    assert len(times) == d.engine.settings.resend + 1
+    gaps = [b - a for a, b in itertools.pairwise(times)]
+    assert min(gaps) >= 0.15 and times[-1] <= 0.85 + 1e-9, times
+    assert all(decode_query(data)[1].key == q.key for _, data in d.sent)
+
+
+def test_a_held_back_first_copy_keeps_a_quarter_of_the_window() -> None:
+    """10 datagrams/s, a bucket of 1: the first copies of 12 lookups started at once leave
+    0.1 s apart. A lookup keeps at least FLOOR_SHARE of its window after its first copy left
+    (so a site answering late cannot lose to an older one), and is not held longer."""
+    d = Drive(min_delay=1.0, resend=0, send_rate=10, burst=1)
+    queries = [_query(2000 + i) for i in range(12)]
+    for q in queries:
+        d.engine.start(q, 0.0, d.results.setdefault(q.id, []).append)
+    left: dict[str, float] = {}
+    ended: dict[str, float] = {}
+    while (wake := d.engine.next_wakeup()) is not None:
+        for _flight, data in d.engine.due(wake):
+            left[decode_query(data)[1].id] = wake
+        for q in queries:  # every site answers at once
+            if q.id in left and not d.results[q.id]:
+                d.engine.receive(_answer(q, 4), SITE, wake)
+        d.engine.advance(wake)
+        for q in queries:
+            if d.results[q.id] and q.id not in ended:
+                ended[q.id] = wake
+    for q in queries:
+        assert d.results[q.id][0].found
+        expected = max(1.0, left[q.id] + 0.25)
+        assert ended[q.id] == pytest.approx(expected, abs=0.006), (q.id, left[q.id])
+
+
+def test_answers_to_other_questions_are_not_decoded(monkeypatch: pytest.MonkeyPatch) -> None:
+    def fail(data: bytes, suffix: str) -> object:
+        raise AssertionError("decoded an answer nobody here asked for")
+    d = Drive()
+    d.start(_query(1), 0.0)
+    monkeypatch.setattr(engine_module, "decode_answer", fail)
+    for n in range(100):
+        d.engine.receive(_answer(_query(5000 + n), 1), SITE, 0.1)
+    assert d.engine.stats.dropped_unmatched == 100
+
+
+def test_the_id_type_in_capitals_still_matches() -> None:
+    """libosmo-mslookup compares the id type case-insensitively; so do we."""
+    d = Drive(min_delay=0.2)
+    q = _query()
+    d.start(q, 0.0)
+    data = _answer(q, 2).replace(b"\x06msisdn", b"\x06MSISDN")
+    d.engine.receive(data, SITE, 0.05)
+    d.run_until(1.0)
+    assert d.results[q.id][0].age == 2
+
+
+def test_junk_queries_and_untrusted_are_counted_apart() -> None:
+    d = Drive(trusted=["10.9.0.0/16", "224.0.0.0/4"])
+    q = _query()
+    d.start(q, 0.0)
+    e = d.engine
+    e.receive(b"\x00" * 5, SITE, 0.1)
+    e.receive(d.sent[0][1], SITE, 0.1)  # our own query, looped back
+    e.receive(_answer(q, 1), "192.0.2.1", 0.1)  # from outside trusted
+    e.receive(_answer(q, 1, host="192.0.2.7"), SITE, 0.1)  # naming an address outside
+    e.receive(_answer(q, 1, host="224.1.2.3"), SITE, 0.1)  # multicast: no call goes there
+    s = e.stats
+    assert (s.dropped_malformed, s.queries_seen, s.dropped_untrusted, s.dropped_unusable,
+            s.answers_accepted) == (1, 1, 2, 1, 0)
+
+
+def test_nothing_sent_is_an_error_not_not_found() -> None:
+    d = Drive(min_delay=0.2, resend=1)
+    q = _query()
+    e = d.engine
+    e.start(q, 0.0, d.results.setdefault(q.id, []).append)
+    now = 0.0
+    while (wake := e.next_wakeup()) is not None:
+        now = wake
+        for flight, _data in e.due(now):
+            e.send_failed(flight, "Network is unreachable")
+        e.advance(now)
+    (result,) = d.results[q.id]
+    assert result.outcome is Outcome.ERROR and "Network is unreachable" in (result.reason or "")
+    assert e.stats.queries_sent == 0 and e.stats.send_errors >= 2
+
+
+def test_coalesced_lookups_share_one_query_and_a_late_one_gets_the_answers_so_far() -> None:
+    d = Drive(min_delay=1.0)
+    q = _query()
+    first: list[Result] = []
+    late: list[Result] = []
+    d.engine.start(q, 0.0, first.append)
+    d.pump(0.0)
+    d.engine.receive(_answer(q, 9), SITE, 0.05)
+    d.engine.start(q, 0.5, late.append, timing=d.engine.settings.timing(q, 0.2))
+    d.run_until(3.0)
+    assert first[0].age == 9 and late[0].age == 9
+    assert late[0].elapsed == pytest.approx(0.2)
+    assert d.engine.stats.coalesced == 1
+    assert len({data for _, data in d.sent}) == 1  # one query id on the wire
+
+
+# -- the blocking driver ------------------------------------------------------------------
+
+GROUP, PORT = "239.192.23.42", 43311
+
+
+def _listener() -> socket.socket:
+    """A second member of the group: once it has a datagram, so has every other member."""
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    s.bind((GROUP, PORT))
+    s.setsockopt(socket.IPPROTO_IP, socket.IP_ADD_MEMBERSHIP,
+                 socket.inet_aton(GROUP) + socket.inet_aton(LO))
+    s.settimeout(5)
+    return s
+
+
+@pytest.mark.parametrize("late", [1.0, 10.0])
+def test_blocking_driver_reads_before_it_judges_a_deadline(late: float) -> None:
+    """The blocking driver (which the per-call AGI script runs), descheduled from its query
+    until past its deadline (1 s), and past its own limit (10 s), with the answer waiting in
+    its socket: it is found."""
+    q = _query()
+    answer = _answer(q, 3, host="127.0.0.9")
+    listener = _listener()
+    sender = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sender.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_IF, socket.inet_aton(LO))
+    sender.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_TTL, struct.pack("B", 1))
+    now = [100.0]
+    resolver = Resolver(group=GROUP, port=PORT, interface=LO, min_delay=0.2,
+                        allow_loopback=True)
+    resolver._clock = lambda: now[0]
+    try:
+        call, lookup, limit = resolver._start(q, None, None, None)
+        sender.sendto(answer, (GROUP, PORT))
+        while listener.recvfrom(2048)[0] != answer:
+            pass
+        now[0] += late
+        result = resolver._next(call, lookup, limit)
+    finally:
+        resolver.close()
+        listener.close()
+        sender.close()
+    assert result.outcome is Outcome.FOUND, result
+    assert result.v4 == Endpoint("127.0.0.9", 5060) and result.age == 3
