@@ -112,12 +112,12 @@ def test_an_answer_read_after_the_deadline_counts_when_it_waited_before_it() -> 
 def test_youngest_of_three_wins_and_copies_are_matched_without_a_decode(
         monkeypatch: pytest.MonkeyPatch) -> None:
     decodes = [0]
-    real = wire.decode_answer
+    real = wire.decode_answer_to
 
-    def counting(data: bytes, suffix: str) -> object:
+    def counting(data: bytes, name: bytes, query: Query) -> object:
         decodes[0] += 1
-        return real(data, suffix)
-    monkeypatch.setattr(engine_module, "decode_answer", counting)
+        return real(data, name, query)
+    monkeypatch.setattr(engine_module, "decode_answer_to", counting)
     d = Drive(min_delay=1.0)
     q = _query()
     d.start(q, 0.0)
@@ -171,11 +171,12 @@ def test_a_held_back_first_copy_keeps_a_quarter_of_the_window() -> None:
 
 
 def test_answers_to_other_questions_are_not_decoded(monkeypatch: pytest.MonkeyPatch) -> None:
-    def fail(data: bytes, suffix: str) -> object:
+    def fail(*args: object) -> object:
         raise AssertionError("decoded an answer nobody here asked for")
     d = Drive()
     d.start(_query(1), 0.0)
     monkeypatch.setattr(engine_module, "decode_answer", fail)
+    monkeypatch.setattr(engine_module, "decode_answer_to", fail)
     for n in range(100):
         d.engine.receive(_answer(_query(5000 + n), 1), SITE, 0.1)
     assert d.engine.stats.dropped_unmatched == 100

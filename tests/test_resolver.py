@@ -527,3 +527,4 @@ def test_send_rate_is_validated() -> None:
     for bad in (0, 5, 1e9, float("nan")):
         with pytest.raises(InvalidQuery):
             AsyncResolver(send_rate=bad)
+

@@ -42,7 +42,7 @@ from .model import unusable_reason as _unusable_reason
 from .pacing import DEFAULT_BURST, DEFAULT_RATE, GRID, Pacer
 from .query import DEFAULT_SUFFIX, Query, validate_suffix
 from .selection import Selection, Timing
-from .wire import HEADER_LEN, decode_answer, encode_query
+from .wire import HEADER_LEN, decode_answer, decode_answer_to, encode_query
 
 __all__ = ["DEFAULT_RESEND", "AnswerTrace", "Engine", "Lookup", "Reporter", "Settings",
            "Stats"]
@@ -219,7 +219,7 @@ class Lookup:
 
 class _Flight:
     __slots__ = ("handed", "key", "lookups", "name", "query", "seen", "send_error",
-                 "sent_ok", "wire")
+                 "sent_ok", "traced", "wire")
 
     def __init__(self, query: Query, wire: bytes) -> None:
         self.query = query
@@ -232,6 +232,7 @@ class _Flight:
         self.handed = 0  # copies handed to the driver
         self.sent_ok = 0  # ... and not reported failed
         self.send_error: str | None = None
+        self.traced = False  # a lookup of it wants every answer (on_answer)
 
 
 def _random_id() -> int:
@@ -239,16 +240,11 @@ def _random_id() -> int:
 
 
 def _name_at(data: bytes) -> bytes | None:
-    """The raw name that starts an answer's first record (None: not a plain name)."""
-    end, size = HEADER_LEN, len(data)
-    while end < size:
-        length = data[end]
-        if length == 0:
-            return data[HEADER_LEN:end + 1] if end > HEADER_LEN else None
-        if length & 0xC0 or end - HEADER_LEN > 255:
-            return None
-        end += length + 1
-    return None
+    """The bytes from an answer's first record name up to its first zero byte: if they are
+    one of our flights' names, they are that record's name (our names' labels hold no zero
+    byte); None if there is no zero byte, or none after a first label."""
+    end = data.find(b"\x00", HEADER_LEN, HEADER_LEN + 256)
+    return data[HEADER_LEN:end + 1] if end > HEADER_LEN else None
 
 
 class Engine:
@@ -294,6 +290,7 @@ class Engine:
             self.stats.coalesced += 1
         lookup = Lookup(Selection(query, timing, now), deliver, on_answer, flight)
         flight.lookups.append(lookup)
+        flight.traced = flight.traced or on_answer is not None
         for _data, source, answer, verdict in flight.seen:
             if verdict == _OK and answer is not None and not lookup.done:
                 self._feed(lookup, answer, source, now)
@@ -338,31 +335,41 @@ class Engine:
         if flight is None:
             self._unmatched(data, source, name, now)
             return
-        answer: Answer | None = None
-        verdict = -1
         for seen in flight.seen:
-            if seen[1] == source and seen[0] == data:
+            if seen[0] == data and seen[1] == source:
+                # a copy of an answer already judged (and, if accepted, already given to
+                # every lookup of the flight: only a trace has anything to learn from it)
                 stats.duplicates += 1
                 answer, verdict = seen[2], seen[3]
-                break
-        if verdict < 0:
-            answer, verdict = self._judge(data, source)
-            if len(flight.seen) < _MAX_SEEN:
-                flight.seen.append((data, source, answer, verdict))
+                if verdict == _OK and answer is not None:
+                    stats.answers_accepted += 1
+                    if flight.traced:
+                        self._fan_out(flight, answer, source, now)
+                else:
+                    self._count_drop(verdict)
+                return
+        answer, verdict = self._judge(data, source, flight)
+        if len(flight.seen) < _MAX_SEEN:
+            flight.seen.append((data, source, answer, verdict))
         if verdict != _OK or answer is None:
-            if verdict == _MALFORMED:
-                stats.dropped_malformed += 1
-            elif verdict == _UNTRUSTED:
-                stats.dropped_untrusted += 1
-            else:
-                stats.dropped_unusable += 1
-            return
-        if answer.query.key != flight.key:  # pragma: no cover (same name, same key)
-            stats.dropped_unmatched += 1
+            self._count_drop(verdict)
             return
         stats.answers_accepted += 1
-        for lookup in flight.lookups[:] if len(flight.lookups) > 1 else flight.lookups:
+        self._fan_out(flight, answer, source, now)
+
+    def _fan_out(self, flight: _Flight, answer: Answer, source: str, now: float) -> None:
+        lookups = flight.lookups
+        for lookup in lookups[:] if len(lookups) > 1 else lookups:
             self._feed(lookup, answer, source, now)
+
+    def _count_drop(self, verdict: int) -> None:
+        stats = self.stats
+        if verdict == _MALFORMED:
+            stats.dropped_malformed += 1
+        elif verdict == _UNTRUSTED:
+            stats.dropped_untrusted += 1
+        else:
+            stats.dropped_unusable += 1
 
     def kernel_drops(self, total: int) -> None:
         """The socket's count of datagrams the kernel dropped at a full receive buffer."""
@@ -435,10 +442,12 @@ class Engine:
             verdict = self._sources[host] = trusted_by(host, self.settings.trusted)
         return verdict
 
-    def _judge(self, data: bytes, source: str) -> tuple[Answer | None, int]:
+    def _judge(self, data: bytes, source: str,
+               flight: _Flight | None = None) -> tuple[Answer | None, int]:
         s = self.settings
         try:
-            answer = decode_answer(data, s.suffix)
+            answer = (decode_answer(data, s.suffix) if flight is None
+                      else decode_answer_to(data, flight.name, flight.query))
         except WireError as exc:
             self._report.debug("malformed answer", "dropped malformed answer from %s: %s",
                                source, exc)
@@ -471,14 +480,11 @@ class Engine:
             stats.dropped_unmatched += 1
             return
         # the id type in another case: libosmo-mslookup matches it, so do we (not remembered)
-        if verdict == _UNTRUSTED:
-            stats.dropped_untrusted += 1
-        elif verdict == _UNUSABLE:
-            stats.dropped_unusable += 1
-        else:
-            stats.answers_accepted += 1
-            for lookup in list(flight.lookups):
-                self._feed(lookup, answer, source, now)
+        if verdict != _OK:
+            self._count_drop(verdict)
+            return
+        stats.answers_accepted += 1
+        self._fan_out(flight, answer, source, now)
 
     def _warn_unusable(self, answer: Answer, source: str, endpoint: Endpoint,
                        reason: str) -> None:

@@ -27,6 +27,7 @@ from .query import DEFAULT_SUFFIX, Query
 __all__ = [
     "QTYPE_ANY",
     "decode_answer",
+    "decode_answer_to",
     "decode_query",
     "encode_answer",
     "encode_query",
@@ -181,64 +182,64 @@ def _number(value: str, what: str, maximum: int) -> int:
     return int(value)
 
 
+_HEADER = struct.Struct("!HHHH")
+_RR = struct.Struct("!HHIH")
+
+
 def decode_answer(data: bytes, suffix: str = DEFAULT_SUFFIX) -> Answer:
     """Decode an answer, accepting exactly what OsmoHLR's client accepts (see module doc)."""
+    packet_id, ancount = _answer_header(data)
+    name, end = _read_name(data, HEADER_LEN)
+    query = _query_from_name(name, suffix)
+    return _records(data, data[HEADER_LEN:end], query, packet_id, ancount)
+
+
+def decode_answer_to(data: bytes, name: bytes, query: Query) -> Answer:
+    """:func:`decode_answer` for a datagram whose first record names ``query``, encoded as
+    ``name`` (the bytes of the question we sent): the same acceptance, without parsing and
+    validating a name already known (the lookup engine's path for every new answer)."""
+    packet_id, ancount = _answer_header(data)
+    return _records(data, name, query, packet_id, ancount)
+
+
+def _answer_header(data: bytes) -> tuple[int, int]:
     if len(data) < HEADER_LEN:
         raise WireError(f"packet too short ({len(data)} bytes)")
     if len(data) > MAX_PACKET:
         raise WireError(f"packet too long ({len(data)} bytes)")
-    packet_id, flags, qdcount, ancount = struct.unpack_from("!HHHH", data)
+    packet_id, flags, qdcount, ancount = _HEADER.unpack_from(data)
     if not flags & 0x8000:
         raise WireError("not an answer (QR bit clear)")
     if qdcount:
         raise WireError("answer with a question section")
+    return packet_id, ancount
+
+
+def _records(data: bytes, name: bytes, query: Query, packet_id: int, ancount: int) -> Answer:
+    """The records of an answer, every one of which must carry exactly ``name`` (OsmoHLR
+    writes the one name uncompressed each time, and rejects anything else)."""
+    size = len(data)
     offset = HEADER_LEN
-    name: str | None = None
     count = 0
     age: int | None = None
     v4: Endpoint | None = None
     v6: Endpoint | None = None
     pending: tuple[int, str] | None = None  # (family, host) waiting for its port
-    name_wire = b""
-    while offset < len(data):
-        if name_wire and data.startswith(name_wire, offset):
-            rname, offset = name, offset + len(name_wire)  # the same name again (the rule)
-        else:
-            start = offset
-            rname, offset = _read_name(data, offset)
-            if not name_wire:
-                name_wire = data[start:offset]
-        if offset + 10 > len(data):
+    while offset < size:
+        if not data.startswith(name, offset):
+            raise WireError("a record for another name, or a compressed name")
+        offset += len(name)
+        if offset + 10 > size:
             raise WireError("truncated resource record")
-        rtype, _rclass, _ttl, rdlength = struct.unpack_from("!HHIH", data, offset)
+        rtype, _rclass, _ttl, rdlength = _RR.unpack_from(data, offset)
         offset += 10
-        rdata = data[offset:offset + rdlength]
-        if len(rdata) != rdlength:
+        end = offset + rdlength
+        if end > size:
             raise WireError("record data runs past the end of the packet")
-        offset += rdlength
+        rdata = data[offset:end]
+        offset = end
         count += 1
-        if name is None:
-            name = rname
-        elif rname != name:
-            raise WireError(f"records for different names ({name!r}, {rname!r})")
-        if rtype in (TYPE_A, TYPE_AAAA):
-            family, size = (4, 4) if rtype == TYPE_A else (6, 16)
-            if pending is not None:
-                raise WireError("address record while a port is still expected")
-            if (v4 if family == 4 else v6) is not None:
-                raise WireError(f"duplicate {'A' if family == 4 else 'AAAA'} record")
-            if rdlength != size:
-                raise WireError(f"address record of {rdlength} bytes")
-            # the same canonical text as Endpoint() gives (inet_ntop differs for ::ffff:a.b.c.d)
-            host = (f"{rdata[0]}.{rdata[1]}.{rdata[2]}.{rdata[3]}" if family == 4
-                    else str(ipaddress.IPv6Address(rdata)))
-            pending = (family, host)
-            # placeholder so a duplicate is seen even before its port arrives
-            if family == 4:
-                v4 = Endpoint.trusted(host, 0)
-            else:
-                v6 = Endpoint.trusted(host, 0)
-        elif rtype == TYPE_TXT:
+        if rtype == TYPE_TXT:
             key, value = _txt_key_value(rdata)
             if key == "age":
                 if age is not None:
@@ -256,11 +257,27 @@ def decode_answer(data: bytes, suffix: str = DEFAULT_SUFFIX) -> Answer:
                 pending = None
             else:
                 raise WireError(f"unknown TXT key {key!r}")
+        elif rtype in (TYPE_A, TYPE_AAAA):
+            family, want = (4, 4) if rtype == TYPE_A else (6, 16)
+            if pending is not None:
+                raise WireError("address record while a port is still expected")
+            if (v4 if family == 4 else v6) is not None:
+                raise WireError(f"duplicate {'A' if family == 4 else 'AAAA'} record")
+            if rdlength != want:
+                raise WireError(f"address record of {rdlength} bytes")
+            # the same canonical text as Endpoint() gives (inet_ntop differs for ::ffff:a.b.c.d)
+            host = (f"{rdata[0]}.{rdata[1]}.{rdata[2]}.{rdata[3]}" if family == 4
+                    else str(ipaddress.IPv6Address(rdata)))
+            pending = (family, host)
+            # placeholder so a duplicate is seen even before its port arrives
+            if family == 4:
+                v4 = Endpoint.trusted(host, 0)
+            else:
+                v6 = Endpoint.trusted(host, 0)
         else:
             raise WireError(f"unexpected record type {rtype}")
     if count != ancount:
         raise WireError(f"{count} records but the header says {ancount}")
-    if name is None or age is None or (v4 is None and v6 is None) or pending is not None:
+    if age is None or (v4 is None and v6 is None) or pending is not None:
         raise WireError("answer lacks age, address or port")
-    return Answer(packet_id, _query_from_name(name, suffix), age, v4, v6)
-
+    return Answer(packet_id, query, age, v4, v6)
