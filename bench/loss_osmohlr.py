@@ -324,6 +324,8 @@ def analyse(raw: dict[str, Any], rate: int, copies_planned: int, since: float
     young_hist: dict[int, int] = {}  # answers of the youngest site heard in time, per lookup
     pred_real = 0.0
     late_answers = 0
+    disp_num = disp_den = silent_expected = 0.0
+    silent_seen = 0
     offsets: list[float] = []  # youngest's answers: when they arrived, after the lookup began
     failures: list[dict[str, Any]] = []
     for lk in raw["lookups"]:
@@ -339,6 +341,25 @@ def analyse(raw: dict[str, Any], rate: int, copies_planned: int, since: float
         late_answers += sum(1 for t, _, _, _ in entry["answers"] if t > end)
         offsets += [t - lk["start"] for t in young]
         young_hist[len(in_time)] = young_hist.get(len(in_time), 0) + 1
+        # Independence, copy by copy: the youngest's answers heard vs Binomial(k, (1-p)^2).
+        q = (1 - loss) ** 2
+        disp_num += (len(in_time) - copies * q) ** 2
+        disp_den += copies * q * (1 - q)
+        # Did the youngest HLR stay silent for a copy the other HLRs answered (so the copy
+        # reached the site)? Each answer belongs to the last copy sent before it (copies are
+        # >= 100 ms apart, answers come back within a few ms). With independent loss the
+        # youngest's answer to such a copy is lost with probability p, so a lookup with E
+        # such copies and none answered by the youngest has probability p^E.
+        sent = sorted(t for t, _ in entry["copies"])
+        reached: dict[int, set[int | None]] = {}
+        for t, s, _, _ in entry["answers"]:
+            i = max((j for j, c in enumerate(sent) if c <= t + 0.001), default=None)
+            if i is not None:
+                reached.setdefault(i, set()).add(s)
+        evidenced = [who for who in reached.values() if who - {k}]
+        if evidenced:
+            silent_expected += loss ** len(evidenced)
+            silent_seen += not any(k in who for who in evidenced)
         right = (lk["found"] and lk["site"] == k and lk["age"] is not None
                  and 0 <= lk["age"] - age(k, m) <= since + 2)
         if right:
@@ -373,6 +394,10 @@ def analyse(raw: dict[str, Any], rate: int, copies_planned: int, since: float
         "youngest_answers_in_time_hist": young_hist,
         "youngest_answers_in_time_mean": round(heard_mean, 3),
         "youngest_answers_expected_mean": round(mean_copies * (1 - loss) ** 2, 3),
+        # ~1 if the youngest's answers are lost independently copy by copy; > 1: correlated
+        "dispersion": round(disp_num / disp_den, 3) if disp_den else None,
+        # lookups where the youngest answered none of the copies that reached the site
+        "youngest_silent_seen": silent_seen, "youngest_silent_expected": round(silent_expected, 2),
         "causes": causes, "late_answers": late_answers,
         "youngest_answer_latest_ms": round(max(offsets) * 1000) if offsets else None,
         "failure_detail": failures[:20],
@@ -511,18 +536,25 @@ def main_bench(args: argparse.Namespace) -> int:
           f"{load0[0]:.2f} -> {os.getloadavg()[0]:.2f})")
     print(table(
         ["run", "config", "loss", "nft", "youngest", "older", "none", "share", "95% CI",
-         "pred k", "pred sent", "copies", "q/lookup", "B/lookup", "HLR drops", "target"],
+         "pred k", "pred sent", "copies", "q/lookup", "skipped", "B/lookup", "disp",
+         "silent", "HLR drops", "target"],
         [[str(r["run"]), r["config"], f"{r['rate']}%", f"{r['measured_loss']:.1%}",
           f"{r['youngest']}/{r['n']}", str(r["older_site"]), str(r["not_found"]),
           f"{r['share']:.2%}", f"{r['ci95'][0]:.2%}-{r['ci95'][1]:.2%}",
           f"{r['predicted_planned']:.2%} ({r['copies_planned']})",
           f"{r['predicted_sent']:.2%}", f"{r['copies_per_lookup_heard']:.2f}",
-          f"{r['datagrams_per_lookup']:.2f}", str(r["link_bytes_per_lookup"]),
+          f"{r['datagrams_per_lookup']:.2f}", str(r["stats"].get("resends_skipped", 0)),
+          str(r["link_bytes_per_lookup"]), f"{r['dispersion']}",
+          f"{r['youngest_silent_seen']}/{r['youngest_silent_expected']}",
           str(r["osmohlr_socket_drops"]),
           "PASS" if all(r["pass"].values()) else
           "FAIL " + ",".join(k for k, v in r["pass"].items() if not v)] for r in rows]))
     print("pred k: 1-(1-(1-p)^2)^k for the copies configured; pred sent: the same per lookup "
-          "for the copies the listener saw leave; copies: mean copies seen per lookup")
+          "for the copies the listener saw leave; copies: mean copies seen per lookup; "
+          "skipped: re-sends the pacer dropped;\nB/lookup: IP bytes on the link (queries and "
+          "answers, as sent); disp: dispersion of the youngest's answers heard per lookup "
+          "against Binomial(copies, (1-p)^2) (1: independent);\nsilent: lookups where the "
+          "youngest answered none of the copies another HLR answered, seen/expected (p^E)")
     for r in rows:
         if r["failures"]:
             print(f"run {r['run']} {r['config']} {r['rate']}%: failures {r['causes']}; "
