@@ -49,6 +49,7 @@ import asyncio
 import contextlib
 import json
 import os
+import shutil
 import socket
 import struct
 import subprocess
@@ -617,6 +618,10 @@ def main() -> None:
         return
     if not 1 <= args.rate <= 1000 or args.runs < 1:
         sys.exit("bench: --rate must be 1..1000 lookups/s, --runs at least 1")
+    for tool, package in (("ip", "iproute2"), ("nft", "nftables"), ("osmo-hlr", "osmo-hlr"),
+                          ("unshare", "util-linux"), ("nsenter", "util-linux")):
+        if shutil.which(tool) is None:
+            sys.exit(f"bench: {tool} not found (apt-get install {package})")
     enter_private_namespaces()
     sys.exit(main_bench(args))
 
