@@ -47,8 +47,11 @@ import argparse
 import array
 import asyncio
 import contextlib
+import itertools
 import json
+import math
 import os
+import random
 import shutil
 import socket
 import struct
@@ -156,6 +159,76 @@ def ns_udp(pid: int) -> dict[str, int]:
         rows = [line.split() for line in f if line.startswith("Udp:")]
     snmp = dict(zip(rows[0][1:], map(int, rows[1][1:]), strict=True))
     return {"socket_drops": drops, "rcvbuf_errors": snmp["RcvbufErrors"]}
+
+
+def set_fades() -> None:
+    """Like loss.py's ``set_loss``, but nothing is dropped at random: the link drops every
+    mslookup datagram, both ways, while port 4266 is in the set ``down`` (a fade, see
+    :class:`Fades`). Same table and counters, so :func:`link_counters` reads both."""
+    with contextlib.suppress(RuntimeError):
+        sh("nft", "delete", "table", "inet", "dgsmbench_loss", ns=NS_SITE)
+    match_in = f'iifname "{VETH_SITE}" ip saddr != 10.99.0.1 udp dport {MDNS_PORT}'
+    match_out = f'oifname "{VETH_SITE}" udp dport {MDNS_PORT}'
+    sh("nft", "-f", "-", ns=NS_SITE, stdin=f"""
+table inet dgsmbench_loss {{
+    set down {{ type inet_service; }}
+    chain in {{
+        type filter hook input priority 0; policy accept;
+        {match_in} counter
+        {match_in} udp dport @down counter drop
+    }}
+    chain out {{
+        type filter hook output priority 0; policy accept;
+        {match_out} counter
+        {match_out} udp dport @down counter drop
+    }}
+}}
+""")
+
+
+class Fades:
+    """Loss in bursts, as a wifi link fades: the link is down for exponentially distributed
+    spells of mean ``mean_down`` seconds and up in between for spells of mean
+    ``mean_down * (1 - share) / share``, so that it is down ``share`` of the time. Runs on a
+    thread while a batch of lookups runs; each change is one ``nft`` command."""
+
+    def __init__(self, share: float, mean_down: float, seed: int) -> None:
+        self.share, self.mean_down = share, mean_down
+        self.random = random.Random(seed)
+        self.stop = threading.Event()
+        self.down_s = self.total_s = 0.0
+        self.spells = 0
+        self.thread = threading.Thread(target=self._run, daemon=True)
+
+    def _set(self, down: bool) -> None:
+        verb = "add" if down else "delete"
+        sh("nft", verb, "element", "inet", "dgsmbench_loss", "down", f"{{ {MDNS_PORT} }}",
+           ns=NS_SITE)
+
+    def _run(self) -> None:
+        mean_up = self.mean_down * (1 - self.share) / self.share
+        down = self.random.random() < self.share
+        t0 = time.monotonic()
+        while not self.stop.is_set():
+            if down:
+                self._set(True)
+                self.spells += 1
+            spell = self.random.expovariate(1 / (self.mean_down if down else mean_up))
+            start = time.monotonic()
+            self.stop.wait(spell)  # the schedule of the fades, ended early by stop
+            if down:
+                self.down_s += time.monotonic() - start
+                self._set(False)
+            down = not down
+        self.total_s = time.monotonic() - t0
+
+    def __enter__(self) -> Fades:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop.set()
+        self.thread.join(30)
 
 
 # -- the sites: three real OsmoHLRs -------------------------------------------------------
@@ -276,6 +349,7 @@ async def run_lookups(first: int, n: int, rate: float, kwargs: dict[str, Any]
         async with AsyncResolver(interface=VETH_CLIENT, **kwargs) as resolver:
             await resolver.open()
             stats0 = resolver.stats.as_dict()
+            print("go", flush=True)  # the parent starts its fades (if any) now
             t0 = loop.time() + 0.05
 
             async def one(i: int) -> None:
@@ -308,9 +382,23 @@ async def run_lookups(first: int, n: int, rate: float, kwargs: dict[str, Any]
 
 # -- analysis -----------------------------------------------------------------------------
 
-def analyse(raw: dict[str, Any], rate: int, copies_planned: int, since: float
-            ) -> dict[str, Any]:
-    """Judge every lookup and explain every failure from what the listener heard."""
+def fade_success(loss: float, mean_down: float, copy_times: list[float]) -> float:
+    """Chance that a lookup whose copies left at ``copy_times`` gets through a link that is
+    down ``loss`` of the time in exponential spells of mean ``mean_down`` s (a two-state
+    Markov chain): it fails only if the link is down at every copy (an answer follows its
+    query within ms, so it crosses when the query did)."""
+    rate = 1 / (mean_down * (1 - loss))  # how fast the chain forgets its state
+    down_all = loss
+    for a, b in itertools.pairwise(sorted(copy_times)):
+        down_all *= loss + (1 - loss) * math.exp(-(b - a) * rate)
+    return 1 - down_all
+
+
+def analyse(raw: dict[str, Any], rate: int, copies_planned: int, since: float,
+            fade_s: float | None = None) -> dict[str, Any]:
+    """Judge every lookup and explain every failure from what the listener heard.
+    Predictions assume independent loss per datagram, or with ``fade_s`` fades of that mean
+    length (:func:`fade_success`)."""
     loss = rate / 100
     per: dict[int, dict[str, Any]] = {}
     for t, m, is_answer, site, rec_age, size in raw["heard"]:
@@ -336,7 +424,10 @@ def analyse(raw: dict[str, Any], rate: int, copies_planned: int, since: float
         end = lk["start"] + lk["elapsed"]
         copies = len(entry["copies"])
         copies_hist[copies] = copies_hist.get(copies, 0) + 1
-        pred_real += 1 - (1 - (1 - loss) ** 2) ** copies
+        if fade_s is None:
+            pred_real += 1 - (1 - (1 - loss) ** 2) ** copies
+        else:
+            pred_real += fade_success(loss, fade_s, [t for t, _ in entry["copies"]])
         young = [t for t, s, _, _ in entry["answers"] if s == k]
         in_time = [t for t in young if t <= end]
         late_answers += sum(1 for t, _, _, _ in entry["answers"] if t > end)
@@ -433,14 +524,27 @@ class Config:
         return (DEFAULT_RESEND if self.resend is None else self.resend) + 1
 
 
-def client_run(first: int, n: int, rate: float, config: Config) -> dict[str, Any]:
+def client_run(first: int, n: int, rate: float, config: Config,
+               fades: Fades | None = None) -> dict[str, Any]:
+    """One batch of lookups in the client namespace. The client says ``go`` just before its
+    first lookup; the fades (if any) start then, so that every configuration of a run meets
+    the same fades at the same moments of its batch."""
     cmd = ["nsenter", f"--net=/run/netns/{NS_CLIENT}", sys.executable,
            str(Path(__file__).resolve()), "--role", "client", "--first", str(first),
            "--n", str(n), "--rate", str(rate), "--kwargs", json.dumps(config.kwargs())]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, check=False)
-    if proc.returncode != 0:
-        raise RuntimeError(f"client run failed: {proc.stderr.strip()[-2000:]}")
-    result: dict[str, Any] = json.loads(proc.stdout.strip().splitlines()[-1])
+    with subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                          text=True) as proc:
+        assert proc.stdout is not None and proc.stderr is not None
+        go = proc.stdout.readline()
+        with fades if fades is not None and go == "go\n" else contextlib.nullcontext():
+            try:
+                out, err = proc.communicate(timeout=300)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                out, err = proc.communicate()
+    if proc.returncode != 0 or go != "go\n":
+        raise RuntimeError(f"client run failed: {err.strip()[-2000:]}")
+    result: dict[str, Any] = json.loads(out.strip().splitlines()[-1])
     return result
 
 
@@ -481,18 +585,29 @@ def main_bench(args: argparse.Namespace) -> int:
         first = FIRST_MSISDN
         for run, config, rate in plan:
             n = sizes[rate]
-            set_loss(rate)
+            fades: Fades | None = None
+            if args.fade_ms is None:
+                set_loss(rate)
+            else:
+                set_fades()
+                # the same fades for every configuration of this run and loss rate
+                fades = Fades(rate / 100, args.fade_ms / 1000, seed=run * 1000 + rate)
             udp0 = ns_udp(sites.pid)
             t0 = time.perf_counter()
-            raw = client_run(first, n, args.rate, config)
+            raw = client_run(first, n, args.rate, config, fades)
             wall = time.perf_counter() - t0
             first += n
             link, udp1 = link_counters(), ns_udp(sites.pid)
             since = time.monotonic() - min(provisioned.values())
-            row = analyse(raw, rate, config.copies, since)
+            row = analyse(raw, rate, config.copies, since,
+                          None if args.fade_ms is None else args.fade_ms / 1000)
             stats = raw["stats"]
             seen = link["queries_in"] + link["answers_out"]
             row.update(
+                loss_model="independent" if fades is None else f"fades {args.fade_ms:g} ms",
+                fade_time_share=None if fades is None else round(
+                    fades.down_s / max(fades.total_s, 1e-9), 4),
+                fade_spells=None if fades is None else fades.spells,
                 run=run + 1, config=config.label, resend=config.resend,
                 resend_interval=config.interval, copies_planned=config.copies, rate=rate,
                 wall_s=round(wall, 1), loadavg=round(os.getloadavg()[0], 2),
@@ -511,7 +626,7 @@ def main_bench(args: argparse.Namespace) -> int:
                 osmohlr_socket_drops=udp1["socket_drops"] - udp0["socket_drops"],
                 site_rcvbuf_errors=udp1["rcvbuf_errors"] - udp0["rcvbuf_errors"],
                 client_rcvbuf_errors=raw["client_udp"]["rcvbuf_errors"])
-            row["pass"] = judge(row, args.quick)
+            row["pass"] = judge(row, args.quick) if fades is None else {}
             rows.append(row)
             print(f"run {run + 1} {config.label:>8} loss {rate}%: youngest {row['youngest']}/"
                   f"{n}, older {row['older_site']}, not found {row['not_found']}; "
@@ -548,7 +663,7 @@ def main_bench(args: argparse.Namespace) -> int:
           str(r["link_bytes_per_lookup"]), f"{r['dispersion']}",
           f"{r['youngest_silent_seen']}/{r['youngest_silent_expected']}",
           str(r["osmohlr_socket_drops"]),
-          "PASS" if all(r["pass"].values()) else
+          "n/a" if not r["pass"] else "PASS" if all(r["pass"].values()) else
           "FAIL " + ",".join(k for k, v in r["pass"].items() if not v)] for r in rows]))
     print("pred k: 1-(1-(1-p)^2)^k for the copies configured; pred sent: the same per lookup "
           "for the copies the listener saw leave; copies: mean copies seen per lookup; "
@@ -564,7 +679,11 @@ def main_bench(args: argparse.Namespace) -> int:
                   f" (independent loss: {r['youngest_answers_expected_mean']}), histogram "
                   f"{dict(sorted(r['youngest_answers_in_time_hist'].items()))}")
     all_ok = all(all(r["pass"].values()) for r in rows)
-    for rate in args.loss:
+    if args.fade_ms is not None:
+        print(f"loss in fades of mean {args.fade_ms:g} ms (the link down N% of the time): "
+              "'pred k' assumes independent loss; 'pred sent' is the fade model's (down at "
+              "every copy); the targets do not apply")
+    for rate in args.loss if args.fade_ms is None else ():
         n_t, max_f, share = TARGETS[rate]
         for c in configs:
             mine = [r for r in rows if r["config"] == c.label and r["rate"] == rate]
@@ -601,6 +720,9 @@ def main() -> None:
                         default=None, help="lookups per loss rate (default 1000 / 500)")
     parser.add_argument("--rate", type=float, default=100.0, help="lookups started per second")
     parser.add_argument("--runs", type=int, default=1)
+    parser.add_argument("--fade-ms", type=float, default=None, metavar="MS",
+                        help="loss in fades instead of per datagram: the link is down N%% of "
+                        "the time, in spells of mean MS ms (no target applies)")
     parser.add_argument("--role", choices=("sites", "client"), help=argparse.SUPPRESS)
     parser.add_argument("--first", type=int, default=0, help=argparse.SUPPRESS)
     parser.add_argument("--n", type=int, default=0, help=argparse.SUPPRESS)
