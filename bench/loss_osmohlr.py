@@ -34,6 +34,11 @@ answers all lost on the link, or heard in time and still not chosen, or heard to
 OsmoHLR's socket drops (/proc/PID/net/udp of the site namespace) say whether a real HLR
 overflowed.
 
+``--fade-ms B``: instead of losing each datagram with probability N%, the link is down (both
+ways) N% of the time in exponential spells of mean B ms, as a wifi hop fades; every
+configuration of a run meets the same fades, the prediction is the two-state model's (the
+link down at every copy), and no target applies.
+
 Targets (issue 13), at the default settings: youngest wins in >= 99.9% at 20% loss (at most
 2 failures in 1,000) and >= 99% at 30% (at most 7 in 500), at most 8 query datagrams per
 lookup on average. ``--quick`` judges the share by its Wilson interval instead (a short run
