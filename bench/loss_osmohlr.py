@@ -75,6 +75,7 @@ sys.path.insert(0, str(ROOT / "bench"))
 
 from loss import (  # noqa: E402
     IP_CLIENT,
+    IP_SITE,
     LIFETIME,
     MDNS_PORT,
     NS_CLIENT,
@@ -112,7 +113,6 @@ QUICK_LOOKUPS = {20: 300, 30: 150}
 MAX_DATAGRAMS = 8.0
 DEFAULT_RESEND = 4  # the resolver's default, for the prediction only (never passed)
 LINGER = 0.5  # after the last lookup: answers to its last copies still cross the link
-UDP_IP = 28  # UDP + IPv4 header bytes
 
 
 # -- namespaces ---------------------------------------------------------------------------
@@ -172,7 +172,7 @@ def set_fades() -> None:
     :class:`Fades`). Same table and counters, so :func:`link_counters` reads both."""
     with contextlib.suppress(RuntimeError):
         sh("nft", "delete", "table", "inet", "dgsmbench_loss", ns=NS_SITE)
-    match_in = f'iifname "{VETH_SITE}" ip saddr != 10.99.0.1 udp dport {MDNS_PORT}'
+    match_in = f'iifname "{VETH_SITE}" ip saddr != {IP_SITE} udp dport {MDNS_PORT}'
     match_out = f'oifname "{VETH_SITE}" udp dport {MDNS_PORT}'
     sh("nft", "-f", "-", ns=NS_SITE, stdin=f"""
 table inet dgsmbench_loss {{
@@ -568,6 +568,10 @@ def main_bench(args: argparse.Namespace) -> int:
     sizes: dict[int, int] = args.lookups or default_sizes
     plan = [(run, c, rate) for run in range(args.runs) for c in configs for rate in args.loss]
     total = sum(sizes[rate] for _, _, rate in plan)
+    estimate = total / args.rate + 3 * len(plan)  # lookups, plus start-up and linger per row
+    if estimate > 0.9 * LIFETIME:
+        sys.exit(f"bench: this plan takes about {estimate:.0f} s, and the OsmoHLRs stop after "
+                 f"{LIFETIME:.0f} s: run fewer --configs or --runs at a time")
     load0 = os.getloadavg()
     build_topology()
     sites: subprocess.Popen[str] | None = None
