@@ -20,8 +20,9 @@ of the batch against min_delay (target <= min_delay + 0.1 s); this process's CPU
 RSS per lookup in flight (peak VmRSS during the batch, sampled every 20 ms, over the one
 before); query datagrams sent, re-sends skipped by the pacer; and datagrams the kernel dropped
 at full receive buffers in the namespace (/proc/net/snmp RcvbufErrors, and the drops column
-of /proc/net/udp for OsmoHLRs' sockets). ``--rounds``, ``--lookups``; ``--send-rate`` to try
-another pacing rate. Runs in its own network namespace (unshare -rn). The last line is JSON.
+of /proc/net/udp for OsmoHLRs' sockets). ``--rounds``, ``--lookups``; ``--send-rate``,
+``--resend`` and ``--resend-interval`` to try other settings of the resolver. Runs in its own
+network namespace (unshare -rn). The last line is JSON.
 """
 
 from __future__ import annotations
@@ -156,9 +157,8 @@ def vmrss_kib() -> int:
     raise RuntimeError("no VmRSS")
 
 
-async def one_round(n: int, send_rate: float | None) -> dict[str, Any]:
+async def one_round(n: int, extra: dict[str, Any]) -> dict[str, Any]:
     msisdns = list(range(FIRST_MSISDN, FIRST_MSISDN + n))
-    extra: dict[str, Any] = {} if send_rate is None else {"send_rate": send_rate}
     async with AsyncResolver(interface="127.0.0.1", min_delay=MIN_DELAY, **extra) as r:
         warm = await r.resolve(f"sip.voice.{FIRST_MSISDN - 1}.msisdn")
         if not correct(warm, FIRST_MSISDN - 1):
@@ -208,7 +208,14 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--send-rate", type=float, default=None,
                         help="the resolver's send_rate (default: its default)")
+    parser.add_argument("--resend", type=int, default=None,
+                        help="the resolver's resend (default: its default)")
+    parser.add_argument("--resend-interval", type=float, default=None,
+                        help="the resolver's resend_interval in s (default: its default)")
     args = parser.parse_args()
+    extra: dict[str, Any] = {name: value for name, value in (
+        ("send_rate", args.send_rate), ("resend", args.resend),
+        ("resend_interval", args.resend_interval)) if value is not None}
     enter_private_netns(__file__)
     with tempfile.TemporaryDirectory(prefix="dgsm-burst-") as tmp, \
             contextlib.ExitStack() as stack:
@@ -223,7 +230,7 @@ def main() -> None:
               f"varies), provisioned in {time.perf_counter() - t:.1f} s", flush=True)
         rounds = []
         for i in range(args.rounds):
-            res = asyncio.run(one_round(args.lookups, args.send_rate))
+            res = asyncio.run(one_round(args.lookups, extra))
             rounds.append(res)
             print(f"round {i + 1}: youngest {res['youngest']}/{res['lookups']}, older site "
                   f"{res['older_site']}, not found {res['not_found']}; wall {res['wall_s']} s "
@@ -240,6 +247,7 @@ def main() -> None:
           f"({os.cpu_count()} cores, load {os.getloadavg()[0]:.1f})")
     print(json.dumps({"bench": "osmohlr_burst", "rounds": rounds, "cpus": os.cpu_count(),
                       "loadavg": os.getloadavg()[0], "send_rate": args.send_rate,
+                      "resend": args.resend, "resend_interval": args.resend_interval,
                       "pass": {"youngest": all_ok, "wall": wall_ok}}))
     sys.exit(0 if all_ok else 1)
 
