@@ -65,8 +65,11 @@ from _common import enter_private_netns, pct  # noqa: E402
 from osmohlr_burst import QuietOsmoHlr  # noqa: E402
 
 GROUP = "239.192.23.42"
-PORTS = {"ours": 4266, "c": 4267}
-HLR_IPS = {"ours": "127.0.0.2", "c": "127.0.0.3"}
+#: Each daemon's mDNS port and its OsmoHLR's address ("lean": the --lean prototype).
+PORTS = {"ours": 4266, "c": 4267, "lean": 4268}
+HLR_IPS = {"ours": "127.0.0.2", "c": "127.0.0.3", "lean": "127.0.0.4"}
+LABELS = {"ours": "dgsm-mslookup -d", "c": "osmo-mslookup-client -d",
+          "lean": "prototype: epoll, no asyncio"}
 #: What both HLRs answer gsup.hlr with (a configured service: no loopback address in it).
 GSUP_AT = ("10.23.0.1", 4222)
 IMSI_BASE = 901700200000000
@@ -219,6 +222,24 @@ def c_argv(path: str, port: int, prefix: list[str] | None = None) -> list[str]:
     return [*(prefix or []), exe, "-s", path, "-d", "-f", "json", "-M", str(port)]
 
 
+def lean_argv(path: str, port: int, prefix: list[str] | None = None) -> list[str]:
+    return [*(prefix or [sys.executable]), str(ROOT / "bench" / "_lean_daemon.py"),
+            "-s", path, "-M", str(port)]
+
+
+def argv_of(name: str, path: str, port: int, prefix: list[str] | None = None) -> list[str]:
+    """The command line of daemon ``name``; ``prefix`` runs it under strace or cProfile
+    (ours and the prototype: the prefix ends with the interpreter)."""
+    return {"ours": our_argv, "c": c_argv, "lean": lean_argv}[name](path, port, prefix)
+
+
+def start_daemon(name: str, path: str, port: int, prefix: list[str] | None = None,
+                 traced: bool = False) -> Daemon:
+    d = Daemon(name, argv_of(name, path, port, prefix), path, traced=traced)
+    d.start(None if name == "c" else our_env(), READY.get(name))
+    return d
+
+
 def our_env() -> dict[str, str]:
     env = dict(os.environ)
     env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
@@ -226,6 +247,7 @@ def our_env() -> dict[str, str]:
 
 
 OUR_READY = "serving mslookup queries on"
+READY = {"ours": OUR_READY, "lean": "serving"}
 
 
 # -- the client and the wire stamps -------------------------------------------------------
@@ -332,7 +354,8 @@ def run_ab(daemons: dict[str, Daemon], sniffers: dict[str, Sniffer],
         if i == warm:
             for name, d in daemons.items():
                 cpu0[name], cs0[name] = cpu_ns(d.pid), ctx_switches(d.pid)
-        for name in (order if i % 2 == 0 else order[::-1]):
+        k = i % len(order)  # who goes first rotates: A/B, B/A (A/B/C, B/C/A, C/A/B)
+        for name in order[k:] + order[:k]:
             imsi = next(imsis[name])
             elapsed, w0, w1, result = ask(daemons[name].path, imsi)
             if i < warm:
@@ -374,10 +397,8 @@ def syscalls_per_request(name: str, path: str, port: int, imsis: Iterator[int],
     for k in (0, n):
         out = tmp / f"strace-{name}-{k}.txt"
         prefix = [strace, "-f", "-c", "-o", str(out)]
-        argv = (our_argv(path, port, [strace, "-f", "-c", "-o", str(out), sys.executable])
-                if name == "ours" else c_argv(path, port, prefix))
-        d = Daemon(name, argv, path, traced=True)
-        d.start(our_env() if name == "ours" else None, OUR_READY if name == "ours" else None)
+        d = start_daemon(name, path, port, prefix if name == "c" else
+                         [*prefix, sys.executable], traced=True)
         try:
             ask(path, next(imsis))  # both runs: start-up and the first lookup's paths
             for _ in range(k):
@@ -392,7 +413,7 @@ def syscalls_per_request(name: str, path: str, port: int, imsis: Iterator[int],
 
 
 def cprofile_ours(path: str, port: int, imsis: Iterator[int], n: int,
-                  tmp: Path) -> list[dict[str, Any]]:
+                  tmp: Path) -> tuple[list[dict[str, Any]], dict[str, float]]:
     """Our daemon under cProfile serving ``n`` queries, minus a run serving none (start-up,
     imports and the first lookup's paths cancel out), per request."""
     runs: list[dict[Any, Any]] = []
@@ -410,60 +431,116 @@ def cprofile_ours(path: str, port: int, imsis: Iterator[int], n: int,
         runs.append(pstats.Stats(str(out)).stats)  # type: ignore[attr-defined]
     base, full = runs
     rows: list[dict[str, Any]] = []
+    buckets: dict[str, float] = {}
     for key, (_cc, ncalls, tottime, cumtime, _callers) in full.items():
         b = base.get(key, (0, 0, 0.0, 0.0, None))
         filename, line, func = key
         calls = (ncalls - b[1]) / n
         if calls <= 0:
             continue
+        own = (tottime - b[2]) / n * 1e6
+        bucket = bucket_of(filename, func)
+        buckets[bucket] = buckets.get(bucket, 0.0) + own
         rows.append({"function": f"{Path(filename).name}:{line}({func})",
-                     "calls_per_req": round(calls, 2),
-                     "own_us_per_req": round((tottime - b[2]) / n * 1e6, 1),
+                     "calls_per_req": round(calls, 2), "own_us_per_req": round(own, 1),
                      "cum_us_per_req": round((cumtime - b[3]) / n * 1e6, 1)})
     rows.sort(key=lambda r: -float(r["own_us_per_req"]))
-    return rows[:40]
+    return rows[:40], {k: round(v, 1) for k, v in sorted(buckets.items(), key=lambda kv: -kv[1])}
+
+
+#: Where a function's own time goes, by the module that defines it.
+_CORE = ("wire.py", "query.py", "selection.py", "model.py", "pacing.py", "enum.py")
+_GLUE = ("aio.py", "cli.py", "_listen.py", "_ratelimit.py", "transport.py")
+_ASYNCIO = ("base_events.py", "events.py", "tasks.py", "futures.py", "selector_events.py",
+            "selectors.py", "locks.py", "timeouts.py", "coroutines.py", "base_futures.py",
+            "base_tasks.py", "queues.py", "mixins.py")
+_SYSCALLS = ("sendto", "send", "recv", "recvmsg", "recvfrom", "_accept", "close",
+             "getsockname", "register", "unregister", "modify", "setblocking")
+
+
+def bucket_of(filename: str, func: str) -> str:
+    """A cProfile row's bucket: the sans-I/O core, our asyncio glue (resolver, CLI,
+    listener), asyncio itself, system calls (socket and epoll methods), waiting in epoll, or
+    the rest. cProfile times are wall-clock: a row with one call per request can carry a
+    preemption (a woken HLR or client taking the CPU), so read buckets, not single rows."""
+    name = Path(filename).name
+    if filename == "~" and "'poll' of 'select.epoll'" in func:
+        return "epoll_wait (mostly idle: waiting for the client or the HLR)"
+    if name in _CORE:
+        return "core (wire, query, selection, pacing, model)"
+    if name in _GLUE:
+        return "glue (aio, cli, _listen)"
+    if name in _ASYNCIO or "_asyncio" in func or "contextvars" in func:
+        return "asyncio (loop, tasks, futures, handles, selectors)"
+    if filename == "~" and any(f"'{sc}'" in func for sc in _SYSCALLS):
+        return "system calls (socket, epoll)"
+    return "other (builtins, random, ...)"
+
+
+def lean_stages(path: str, port: int, imsis: Iterator[int], n: int) -> dict[str, Any]:
+    """The prototype with ``--stages``: µs per request in each of its steps, measured inside
+    it (a few perf_counter_ns calls per step; no profiler)."""
+    d = Daemon("lean", [*lean_argv(path, port), "--stages"], path)
+    d.start(our_env(), READY["lean"])
+    try:
+        ask(path, next(imsis))
+        for _ in range(n):
+            ask(path, next(imsis))
+    finally:
+        d.stop()
+    line = next((x for x in reversed(d.stderr) if x.startswith("stages ")), None)
+    if line is None:
+        raise RuntimeError(f"the prototype printed no stages: {d.stderr[-5:]}")
+    data = json.loads(line.removeprefix("stages "))
+    reqs = data["requests"]
+    per = {k: round(v / reqs / 1000, 1) for k, v in data["ns"].items()}
+    return {"wakeups_per_request": round(data["wakeups"] / reqs, 2),
+            "us_per_request": dict(sorted(per.items(), key=lambda kv: -kv[1]))}
 
 
 # -- main ---------------------------------------------------------------------------------
 
-def main_bench(quick: bool, profile: bool) -> int:
+def main_bench(quick: bool, profile: bool, lean: bool) -> int:
     n = 100 if quick else 500
     warm = 20 if quick else 50
     n_prof = 100 if quick else 300
+    names = ["ours", "c", *(["lean"] if lean else [])]
     total = (warm + n) + (3 * n_prof + 4 if profile else 0)
     with tempfile.TemporaryDirectory(prefix="dgsm-daemon-") as tmpdir, \
             contextlib.ExitStack() as stack:
         tmp = Path(tmpdir)
         pools = {name: [IMSI_BASE + k * 1_000_000 + i for i in range(total + 1)]
-                 for k, name in enumerate(PORTS)}
-        for name, port in PORTS.items():
+                 for k, name in enumerate(names)}
+        for name in names:
             hlr = stack.enter_context(QuietOsmoHlr(
-                tmp / f"hlr-{name}", bind_ip=HLR_IPS[name], mdns_port=port,
+                tmp / f"hlr-{name}", bind_ip=HLR_IPS[name], mdns_port=PORTS[name],
                 services={"gsup.hlr": GSUP_AT}))
             provision(hlr, pools[name])
         imsis = {name: iter(pool[1:]) for name, pool in pools.items()}  # [0]: the template
-        paths = {name: str(tmp / f"{name}.sock") for name in PORTS}
-        daemons = {"ours": Daemon("ours", our_argv(paths["ours"], PORTS["ours"]), paths["ours"]),
-                   "c": Daemon("c", c_argv(paths["c"], PORTS["c"]), paths["c"])}
-        sniffers = {name: Sniffer(port) for name, port in PORTS.items()}
+        paths = {name: str(tmp / f"{name}.sock") for name in names}
+        sniffers = {name: Sniffer(PORTS[name]) for name in names}
         for sniffer in sniffers.values():
             stack.callback(sniffer.close)
-        daemons["ours"].start(our_env(), OUR_READY)
-        stack.callback(daemons["ours"].stop)
-        daemons["c"].start()
-        stack.callback(daemons["c"].stop)
+        daemons: dict[str, Daemon] = {}
+        for name in names:
+            daemons[name] = start_daemon(name, paths[name], PORTS[name])
+            stack.callback(daemons[name].stop)
         load0 = os.getloadavg()
         samples = run_ab(daemons, sniffers, imsis, n, warm)
         load1 = os.getloadavg()
-        daemons["ours"].stop()
-        daemons["c"].stop()
+        for d in daemons.values():
+            d.stop()
         prof: dict[str, Any] = {}
         if profile:
             prof["syscalls_per_request"] = {
                 name: syscalls_per_request(name, paths[name] + ".st", PORTS[name],
-                                           imsis[name], n_prof, tmp) for name in PORTS}
-            prof["cprofile_ours"] = cprofile_ours(paths["ours"] + ".prof", PORTS["ours"],
-                                                  imsis["ours"], n_prof, tmp)
+                                           imsis[name], n_prof, tmp) for name in names}
+            top, buckets = cprofile_ours(paths["ours"] + ".prof", PORTS["ours"],
+                                         imsis["ours"], n_prof, tmp)
+            prof["cprofile_ours"], prof["cprofile_ours_buckets"] = top, buckets
+            if lean:
+                prof["lean_stages"] = lean_stages(paths["lean"] + ".stg", PORTS["lean"],
+                                                  imsis["lean"], n_prof)
 
     s = {name: summary(v.times) for name, v in samples.items()}
     ratio = s["ours"]["median_ms"] / s["c"]["median_ms"]
@@ -472,20 +549,19 @@ def main_bench(quick: bool, profile: bool) -> int:
     stage_med = {name: {k: round(statistics.median(getattr(v, k)) * 1e6, 1) if getattr(v, k)
                         else None for k in ("to_query", "hlr", "from_answer")}
                  for name, v in samples.items()}
-    labels = {"ours": "dgsm-mslookup -d", "c": "osmo-mslookup-client -d"}
-    rows = [[labels[name], str(int(s[name]["n"])), f"{s[name]['median_ms']:.3f}",
+    rows = [[LABELS[name], str(int(s[name]["n"])), f"{s[name]['median_ms']:.3f}",
              f"{s[name]['p90_ms']:.3f}", f"{s[name]['p99_ms']:.3f}",
              f"{s[name]['max_ms']:.3f}", f"{samples[name].cpu_s * 1e6:.0f}",
              f"{samples[name].ctx:.1f}"]
-            for name in labels]
-    print("daemon mode, age-0 gsup.hlr lookups, one connection per query, A/B interleaved; "
+            for name in names]
+    print("daemon mode, age-0 gsup.hlr lookups, one connection per query, interleaved; "
           f"each daemon its own real OsmoHLR ({os.cpu_count()} cores, load "
           f"{load0[0]:.2f} -> {load1[0]:.2f})")
     print(table(["daemon", "n", "median ms", "p90 ms", "p99 ms", "max ms", "CPU us/req",
                  "ctxsw/req"], rows))
-    srows = [[labels[name], *(f"{stage_med[name][k]:.0f}" if stage_med[name][k] is not None
+    srows = [[LABELS[name], *(f"{stage_med[name][k]:.0f}" if stage_med[name][k] is not None
                               else "-" for k in ("to_query", "hlr", "from_answer"))]
-             for name in labels]
+             for name in names]
     print("medians of the stages, from the wire stamps (us):")
     print(table(["daemon", "client -> query sent", "HLR", "answer -> client"], srows))
     print("wrong results: " + ", ".join(f"{n}: {v.wrong}" for n, v in samples.items())
@@ -493,21 +569,33 @@ def main_bench(quick: bool, profile: bool) -> int:
           + ", ".join(f"{n}: {v.queries_sent / len(v.times):.2f}" for n, v in samples.items()))
     if profile:
         print("system calls per request (strace -c -f, a run minus an idle one):")
-        for name in labels:
+        for name in names:
             calls = prof["syscalls_per_request"][name]
-            print(f"  {labels[name]}: {sum(calls.values()):.1f} = "
+            print(f"  {LABELS[name]}: {sum(calls.values()):.1f} = "
                   + ", ".join(f"{k} {v:g}" for k, v in calls.items()))
-        print("ours under cProfile, by own time per request (inflated by the profiler):")
+        print("ours under cProfile, own time per request by bucket (us, inflated by the "
+              "profiler, most where calls are many and small): " + ", ".join(
+                  f"{k} {v:.0f}" for k, v in prof["cprofile_ours_buckets"].items()))
+        print("ours under cProfile, by own time per request:")
         print(table(["function", "calls/req", "own us/req", "cum us/req"],
                     [[r["function"][:70], f"{r['calls_per_req']:g}", f"{r['own_us_per_req']:.1f}",
                       f"{r['cum_us_per_req']:.1f}"] for r in prof["cprofile_ours"][:30]]))
+    if profile and lean:
+        ls = prof["lean_stages"]
+        print(f"prototype's steps, us per request ({ls['wakeups_per_request']} wake-ups): "
+              + ", ".join(f"{k} {v:g}" for k, v in ls["us_per_request"].items()))
+    if lean:
+        print(f"prototype / C median {s['lean']['median_ms'] / s['c']['median_ms']:.2f} "
+              "(not a target: what a driver without asyncio would cost)")
     print(f"ratio ours / C median {ratio:.2f} (target <= {TARGET_RATIO}): "
           f"{'PASS' if ok else 'FAIL'}")
     print(json.dumps({
         "bench": "daemon", "quick": quick, "cpus": os.cpu_count(),
         "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "loadavg": [round(load0[0], 2), round(load1[0], 2)],
-        "ours": s["ours"], "c": s["c"], "ratio": round(ratio, 3),
+        **{name: s[name] for name in names}, "ratio": round(ratio, 3),
+        **({"ratio_lean": round(s["lean"]["median_ms"] / s["c"]["median_ms"], 3)}
+           if lean else {}),
         "stages_us": stage_med,
         "cpu_us_per_request": {k: round(v.cpu_s * 1e6, 1) for k, v in samples.items()},
         "ctx_switches_per_request": {k: round(v.ctx, 2) for k, v in samples.items()},
@@ -528,9 +616,12 @@ def main() -> None:
     parser.add_argument("--profile", action="store_true",
                         help="also count system calls per request (strace) and profile ours "
                         "(cProfile), outside the timed run")
+    parser.add_argument("--lean", action="store_true",
+                        help="also run bench/_lean_daemon.py, a prototype driver without "
+                        "asyncio, in the same rotation (not a target)")
     args = parser.parse_args()
     enter_private_netns(__file__)
-    sys.exit(main_bench(args.quick, args.profile))
+    sys.exit(main_bench(args.quick, args.profile, args.lean))
 
 
 if __name__ == "__main__":
