@@ -60,6 +60,8 @@ class Lean:
     timers: list[tuple[float, int, int]] = field(default_factory=list)  # (when, seq, fd)
     seq: int = 0
     requests: int = 0
+    eager: bool = False
+    eager_hits: int = 0
     wakeups: int = 0
     #: with --stages: ns spent in each step, summed (perf_counter_ns around each)
     stages: dict[str, int] | None = None
@@ -92,7 +94,7 @@ class Lean:
                 self._add("epoll_wait (incl. idle)", time.perf_counter_ns() - t0)
                 for fd, _ev in events:
                     if fd == srv_fd:
-                        self._accept(srv, ep)
+                        self._accept(srv, ep, mc, dest)
                     elif fd == mc_fd:
                         self._datagrams(mc)
                     else:
@@ -102,7 +104,8 @@ class Lean:
         finally:
             if self.stages is not None:
                 print("stages " + json.dumps({"requests": self.requests, "wakeups":
-                                              self.wakeups, "ns": self.stages}),
+                                              self.wakeups, "eager_hits": self.eager_hits,
+                                              "ns": self.stages}),
                       file=sys.stderr, flush=True)
             for c in list(self.clients.values()):
                 c.conn.close()
@@ -115,16 +118,34 @@ class Lean:
         if self.stages is not None:
             self.stages[stage] = self.stages.get(stage, 0) + ns
 
-    def _accept(self, srv: socket.socket, ep: select.epoll) -> None:
+    def _accept(self, srv: socket.socket, ep: select.epoll, mc: socket.socket,
+                dest: tuple[str, int] | tuple[str, int, int, int]) -> None:
         t0 = time.perf_counter_ns()
         try:
             conn, _ = srv.accept()
         except BlockingIOError:
             return
-        self.clients[conn.fileno()] = Client(conn)
-        ep.register(conn.fileno(), select.EPOLLIN)
-        self._add("accept + epoll_ctl", time.perf_counter_ns() - t0)
+        fd = conn.fileno()
+        self.clients[fd] = Client(conn)
         self.requests += 1
+        if self.eager:
+            # the client sends its query right after connecting: often it is there already,
+            # and reading it now saves a wake-up (costs one EAGAIN recv when it is not)
+            try:
+                packet = conn.recv(1024, socket.MSG_DONTWAIT)
+            except BlockingIOError:
+                pass
+            except OSError:
+                self._close(fd)
+                return
+            else:
+                self.eager_hits += 1
+                self._add("accept + eager recv", time.perf_counter_ns() - t0)
+                if self._on_packet(fd, packet, mc, dest):
+                    ep.register(fd, select.EPOLLIN)  # for EOF: the client leaving ends it
+                return
+        ep.register(fd, select.EPOLLIN)
+        self._add("accept + epoll_ctl", time.perf_counter_ns() - t0)
 
     def _close(self, fd: int) -> None:
         c = self.clients.pop(fd)
@@ -138,20 +159,26 @@ class Lean:
 
     def _client(self, fd: int, ep: select.epoll, mc: socket.socket,
                 dest: tuple[str, int] | tuple[str, int, int, int]) -> None:
-        c = self.clients[fd]
         t0 = time.perf_counter_ns()
         try:
-            packet = c.conn.recv(1024)
+            packet = self.clients[fd].conn.recv(1024)
         except OSError:
             packet = b""
+        self._add("client recv", time.perf_counter_ns() - t0)
+        self._on_packet(fd, packet, mc, dest)
+
+    def _on_packet(self, fd: int, packet: bytes, mc: socket.socket,
+                   dest: tuple[str, int] | tuple[str, int, int, int]) -> bool:
+        """Handle what a client sent; False if the client is gone now."""
+        c = self.clients[fd]
         if not packet:
             self._close(fd)  # the client left: its lookup ends
-            return
+            return False
         text = packet.decode("ascii", "replace").splitlines()[0] if packet.strip() else ""
         shown = text.split("@", 1)[1] if "@" in text else text
         if c.selection is not None:
             c.conn.send(format_error(shown, True).encode())
-            return
+            return True
         t1 = time.perf_counter_ns()
         try:
             query = Query.parse(text)
@@ -159,7 +186,7 @@ class Lean:
         except InvalidQuery:
             c.conn.send(format_error(shown, True).encode())
             self._close(fd)
-            return
+            return False
         now = time.monotonic()
         c.shown = shown
         c.selection = Selection(query, timing, now)
@@ -175,7 +202,6 @@ class Lean:
             fds.add(fd)
         if self.stages is not None:
             t4 = time.perf_counter_ns()
-            self._add("client recv", t1 - t0)
             self._add("Query.parse + Timing + Selection", t2 - t1)
             self._add("encode_query", t3 - t2)
             self._add("sendto (multicast)", t4 - t3)
@@ -183,6 +209,7 @@ class Lean:
         if deadline is not None:
             self.seq += 1
             heapq.heappush(self.timers, (deadline, self.seq, fd))
+        return True
 
     def _datagrams(self, mc: socket.socket) -> None:
         while True:
@@ -254,10 +281,13 @@ def main() -> None:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("-s", "--socket", required=True)
     parser.add_argument("-M", "--mdns-port", type=int, default=4266)
+    parser.add_argument("--eager", action="store_true",
+                        help="read the query right after accept() when it is there already")
     parser.add_argument("--stages", action="store_true",
                         help="time each step; print the sums on stderr at exit")
     args = parser.parse_args()
-    lean = Lean(args.socket, args.mdns_port, stages={} if args.stages else None)
+    lean = Lean(args.socket, args.mdns_port, stages={} if args.stages else None,
+                eager=args.eager)
 
     def stop(_sig: int, _frame: object) -> None:
         raise SystemExit(0)  # out of epoll.poll (which PEP 475 would resume), cleanly
