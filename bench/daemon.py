@@ -66,10 +66,12 @@ from osmohlr_burst import QuietOsmoHlr  # noqa: E402
 
 GROUP = "239.192.23.42"
 #: Each daemon's mDNS port and its OsmoHLR's address ("lean": the --lean prototype).
-PORTS = {"ours": 4266, "c": 4267, "lean": 4268, "eager": 4269}
-HLR_IPS = {"ours": "127.0.0.2", "c": "127.0.0.3", "lean": "127.0.0.4", "eager": "127.0.0.5"}
+PORTS = {"ours": 4266, "c": 4267, "lean": 4268, "eager": 4269, "floor": 4270}
+HLR_IPS = {"ours": "127.0.0.2", "c": "127.0.0.3", "lean": "127.0.0.4", "eager": "127.0.0.5",
+           "floor": "127.0.0.6"}
 LABELS = {"ours": "dgsm-mslookup -d", "c": "osmo-mslookup-client -d",
-          "lean": "prototype: epoll, no asyncio", "eager": "prototype + recv after accept"}
+          "lean": "prototype: epoll, no asyncio", "eager": "prototype + recv after accept",
+          "floor": "floor: bytes only, no objects"}
 #: What both HLRs answer gsup.hlr with (a configured service: no loopback address in it).
 GSUP_AT = ("10.23.0.1", 4222)
 IMSI_BASE = 901700200000000
@@ -231,11 +233,16 @@ def eager_argv(path: str, port: int, prefix: list[str] | None = None) -> list[st
     return [*lean_argv(path, port, prefix), "--eager"]
 
 
+def floor_argv(path: str, port: int, prefix: list[str] | None = None) -> list[str]:
+    return [*(prefix or [sys.executable]), str(ROOT / "bench" / "_floor_daemon.py"),
+            "-s", path, "-M", str(port)]
+
+
 def argv_of(name: str, path: str, port: int, prefix: list[str] | None = None) -> list[str]:
     """The command line of daemon ``name``; ``prefix`` runs it under strace or cProfile
     (ours and the prototype: the prefix ends with the interpreter)."""
     return {"ours": our_argv, "c": c_argv, "lean": lean_argv,
-            "eager": eager_argv}[name](path, port, prefix)
+            "eager": eager_argv, "floor": floor_argv}[name](path, port, prefix)
 
 
 def start_daemon(name: str, path: str, port: int, prefix: list[str] | None = None,
@@ -252,7 +259,7 @@ def our_env() -> dict[str, str]:
 
 
 OUR_READY = "serving mslookup queries on"
-READY = {"ours": OUR_READY, "lean": "serving", "eager": "serving"}
+READY = {"ours": OUR_READY, "lean": "serving", "eager": "serving", "floor": "serving"}
 
 
 # -- the client and the wire stamps -------------------------------------------------------
@@ -515,7 +522,7 @@ def main_bench(quick: bool, profile: bool, lean: bool) -> int:
     n = 100 if quick else 500
     warm = 20 if quick else 50
     n_prof = 100 if quick else 300
-    names = ["ours", "c", *(["lean", "eager"] if lean else [])]
+    names = ["ours", "c", *(["lean", "eager", "floor"] if lean else [])]
     total = (warm + n) + (3 * n_prof + 4 if profile else 0)
     with tempfile.TemporaryDirectory(prefix="dgsm-daemon-") as tmpdir, \
             contextlib.ExitStack() as stack:
@@ -598,8 +605,9 @@ def main_bench(quick: bool, profile: bool, lean: bool) -> int:
                   f"wake-ups, query there at accept: {ls['eager_hits']:.0%}): "
                   + ", ".join(f"{k} {v:g}" for k, v in ls["us_per_request"].items()))
     if lean:
-        print("prototype + recv after accept / C median "
-              f"{s['eager']['median_ms'] / s['c']['median_ms']:.2f}")
+        print("floor / C median "
+              f"{s['floor']['median_ms'] / s['c']['median_ms']:.2f}; prototype + recv after "
+              f"accept / C median {s['eager']['median_ms'] / s['c']['median_ms']:.2f}")
         print(f"prototype / C median {s['lean']['median_ms'] / s['c']['median_ms']:.2f} "
               "(not a target: what a driver without asyncio would cost)")
     print(f"ratio ours / C median {ratio:.2f} (target <= {TARGET_RATIO}): "
@@ -610,7 +618,8 @@ def main_bench(quick: bool, profile: bool, lean: bool) -> int:
         "loadavg": [round(load0[0], 2), round(load1[0], 2)],
         **{name: s[name] for name in names}, "ratio": round(ratio, 3),
         **({"ratio_lean": round(s["lean"]["median_ms"] / s["c"]["median_ms"], 3),
-            "ratio_eager": round(s["eager"]["median_ms"] / s["c"]["median_ms"], 3)}
+            "ratio_eager": round(s["eager"]["median_ms"] / s["c"]["median_ms"], 3),
+            "ratio_floor": round(s["floor"]["median_ms"] / s["c"]["median_ms"], 3)}
            if lean else {}),
         "stages_us": stage_med,
         "cpu_us_per_request": {k: round(v.cpu_s * 1e6, 1) for k, v in samples.items()},
