@@ -66,9 +66,9 @@ from osmohlr_burst import QuietOsmoHlr  # noqa: E402
 
 GROUP = "239.192.23.42"
 #: Each daemon's mDNS port and its OsmoHLR's address ("lean": the --lean prototype).
-PORTS = {"ours": 4266, "c": 4267, "lean": 4268, "eager": 4269, "floor": 4270}
+PORTS = {"ours": 4266, "c": 4267, "lean": 4268, "eager": 4269, "floor": 4270, "old": 4271}
 HLR_IPS = {"ours": "127.0.0.2", "c": "127.0.0.3", "lean": "127.0.0.4", "eager": "127.0.0.5",
-           "floor": "127.0.0.6"}
+           "floor": "127.0.0.6", "old": "127.0.0.7"}
 LABELS = {"ours": "dgsm-mslookup -d", "c": "osmo-mslookup-client -d",
           "lean": "prototype: epoll, no asyncio", "eager": "prototype + recv after accept",
           "floor": "floor: bytes only, no objects"}
@@ -238,28 +238,46 @@ def floor_argv(path: str, port: int, prefix: list[str] | None = None) -> list[st
             "-s", path, "-M", str(port)]
 
 
+#: With --old COMMIT: that commit's package, exported here, runs as daemon "old".
+OLD: dict[str, Path] = {}
+
+
+def old_argv(path: str, port: int, prefix: list[str] | None = None) -> list[str]:
+    return our_argv(path, port, prefix)
+
+
+def export_commit(commit: str, into: Path) -> Path:
+    """``git archive`` of the package at ``commit`` (no checkout, no worktree)."""
+    into.mkdir()
+    archive = subprocess.run(["git", "-C", str(ROOT), "archive", commit, "dgsm_integrations"],
+                             capture_output=True, check=True).stdout
+    subprocess.run(["tar", "-x", "-C", str(into)], input=archive, check=True)
+    return into
+
+
 def argv_of(name: str, path: str, port: int, prefix: list[str] | None = None) -> list[str]:
     """The command line of daemon ``name``; ``prefix`` runs it under strace or cProfile
     (ours and the prototype: the prefix ends with the interpreter)."""
     return {"ours": our_argv, "c": c_argv, "lean": lean_argv,
-            "eager": eager_argv, "floor": floor_argv}[name](path, port, prefix)
+            "eager": eager_argv, "floor": floor_argv, "old": old_argv}[name](path, port, prefix)
 
 
 def start_daemon(name: str, path: str, port: int, prefix: list[str] | None = None,
                  traced: bool = False) -> Daemon:
     d = Daemon(name, argv_of(name, path, port, prefix), path, traced=traced)
-    d.start(None if name == "c" else our_env(), READY.get(name))
+    d.start(None if name == "c" else our_env(OLD.get(name, ROOT)), READY.get(name))
     return d
 
 
-def our_env() -> dict[str, str]:
+def our_env(root: Path = ROOT) -> dict[str, str]:
     env = dict(os.environ)
-    env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
+    env["PYTHONPATH"] = str(root) + os.pathsep + env.get("PYTHONPATH", "")
     return env
 
 
 OUR_READY = "serving mslookup queries on"
-READY = {"ours": OUR_READY, "lean": "serving", "eager": "serving", "floor": "serving"}
+READY = {"ours": OUR_READY, "lean": "serving", "eager": "serving", "floor": "serving",
+         "old": OUR_READY}
 
 
 # -- the client and the wire stamps -------------------------------------------------------
@@ -518,15 +536,19 @@ def lean_stages(name: str, path: str, port: int, imsis: Iterator[int],
 
 # -- main ---------------------------------------------------------------------------------
 
-def main_bench(quick: bool, profile: bool, lean: bool) -> int:
+def main_bench(quick: bool, profile: bool, lean: bool, old: str | None) -> int:
     n = 100 if quick else 500
     warm = 20 if quick else 50
     n_prof = 100 if quick else 300
-    names = ["ours", "c", *(["lean", "eager", "floor"] if lean else [])]
+    names = ["ours", "c", *(["lean", "eager", "floor"] if lean else []),
+             *(["old"] if old else [])]
     total = (warm + n) + (3 * n_prof + 4 if profile else 0)
     with tempfile.TemporaryDirectory(prefix="dgsm-daemon-") as tmpdir, \
             contextlib.ExitStack() as stack:
         tmp = Path(tmpdir)
+        if old:
+            OLD["old"] = export_commit(old, tmp / "old")
+            LABELS["old"] = f"dgsm-mslookup -d at {old}"
         pools = {name: [IMSI_BASE + k * 1_000_000 + i for i in range(total + 1)]
                  for k, name in enumerate(names)}
         for name in names:
@@ -641,12 +663,15 @@ def main() -> None:
     parser.add_argument("--profile", action="store_true",
                         help="also count system calls per request (strace) and profile ours "
                         "(cProfile), outside the timed run")
+    parser.add_argument("--old", metavar="COMMIT",
+                        help="also run dgsm-mslookup -d from COMMIT (git archive) in the same "
+                        "rotation: today's against an earlier one's, same run")
     parser.add_argument("--lean", action="store_true",
                         help="also run bench/_lean_daemon.py, a prototype driver without "
                         "asyncio, in the same rotation (not a target)")
     args = parser.parse_args()
     enter_private_netns(__file__)
-    sys.exit(main_bench(args.quick, args.profile, args.lean))
+    sys.exit(main_bench(args.quick, args.profile, args.lean, args.old))
 
 
 if __name__ == "__main__":
