@@ -29,6 +29,12 @@ request of each daemon (``strace -c -f``, a run with queries minus one without) 
 cProfile of ours (functions by own time per request; cProfile slows Python several-fold, so
 read it for shares, not absolute figures).
 
+``--lean`` adds bench-only daemons to the same rotation, each with its own OsmoHLR:
+``_lean_daemon.py`` (one epoll loop over today's sans-I/O pieces, also ``--eager``: the query
+read right after ``accept()``) and ``_floor_daemon.py`` (bytes and dicts only): what a
+driver without asyncio, and the least CPython can do, would cost. ``--old COMMIT`` runs that
+commit's ``dgsm-mslookup`` (a ``git archive`` export) beside today's.
+
 Target (issue 13): ours' median at most the C daemon's (ratio ours / C <= 1.0). Runs inside
 a fresh private network namespace (``unshare -rn``, lo up, 224.0.0.0/4 to lo); nothing
 leaves the machine. ``--quick`` for a short run. The last line is one JSON object.
