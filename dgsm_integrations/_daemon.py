@@ -54,7 +54,7 @@ def add_mslookup_args(p: argparse.ArgumentParser) -> None:
     m.add_argument("--suffix", help="mDNS domain suffix (mdns.osmocom.org)")
     m.add_argument("--min-delay", metavar="S", help="collect answers this long (1.0)")
     m.add_argument("--timeout", metavar="S", help="give up after (= min-delay)")
-    m.add_argument("--resend", metavar="N", help="extra copies of each query (4)")
+    m.add_argument("--resend", metavar="N", help="extra copies of each query (7)")
     m.add_argument("--trusted", metavar="NETS",
                    help="comma-separated networks allowed to answer (all)")
     m.add_argument("--allow-loopback", metavar="yes|no",

@@ -138,9 +138,12 @@ def test_every_copy_leaves_inside_the_window_spread_evenly() -> None:
     d.start(q, 0.0)
     d.run_until(2.0)
     times = [t for t, _ in d.sent]
-    assert len(times) == d.engine.settings.resend + 1
+    assert len(times) == d.engine.settings.resend + 1 == 8  # 8 copies buy 99.9% at 20% loss
     gaps = [b - a for a, b in itertools.pairwise(times)]
-    assert min(gaps) >= 0.15 and times[-1] <= 0.85 + 1e-9, times
+    # evenly spread (on the 5 ms grid), the last at 80% of the window: clear of the cut-off
+    # at 85%, so a driver that wakes a few ms late does not lose it
+    assert min(gaps) >= 0.8 / 7 - 0.005 and max(gaps) <= 0.8 / 7 + 0.005, times
+    assert times[-1] <= 0.8 + 1e-9, times
     assert all(decode_query(data)[1].key == q.key for _, data in d.sent)
 
 

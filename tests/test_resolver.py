@@ -409,10 +409,13 @@ def test_answers_naming_unusable_addresses_are_dropped(host: str,
             for _ in range(3):
                 res = await r.resolve(q)
                 assert res.outcome is Outcome.NOT_FOUND, res
-            # 3 lookups x 3 copies of the query, each answered: every answer is dropped (one
-            # to a copy sent late may arrive after its lookup ended: then it is unmatched)
+            # 3 lookups x up to 3 copies of the query (a re-send the loop could not send
+            # in time is skipped), each answered: every answer is dropped (one to a copy sent
+            # late may arrive after its lookup ended: then it is unmatched)
             assert r.stats.answers_accepted == 0 and r.stats.dropped_unusable >= 3
-            assert r.stats.dropped_unusable + r.stats.dropped_unmatched == 9
+            assert 3 <= r.stats.queries_sent <= 9
+            assert (r.stats.dropped_unusable + r.stats.dropped_unmatched
+                    == r.stats.queries_sent)
     with caplog.at_level("WARNING", logger="dgsm.mslookup"):
         run(body())
     warnings = [rec for rec in caplog.records if "dropped the answer" in rec.getMessage()]
@@ -460,7 +463,7 @@ def test_a_stalled_loop_does_not_merge_overdue_copies() -> None:
     blocking the loop for 0.45 s), the copies that fell due meanwhile were sent as ONE
     datagram; under load the lab's 20%-loss test lost a fifth of its copies that way. The
     site answers (age 5), so the lookup waits min_delay and no grace period is involved:
-    all five copies must still leave in the window (the old code sent four)."""
+    every copy must still leave in the window (the old code sent one fewer)."""
     async def body() -> None:
         loop = asyncio.get_running_loop()
         seen: list[float] = []
@@ -473,9 +476,9 @@ def test_a_stalled_loop_does_not_merge_overdue_copies() -> None:
             loop.call_later(0.1, time.sleep, 0.45)  # the fault under test
             res = await r.resolve("sip.voice.1190.msisdn")
             assert res.found and res.age == 5
-            assert r.stats.queries_sent == 5, r.stats
+            assert r.stats.queries_sent == r.resend + 1, r.stats
             assert r.stats.grace_periods == 0
-        assert len(seen) == 5
+        assert len(seen) == r.resend + 1
     run(body())
 
 

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field, fields
 from typing import Any
 
 from ..mslookup import DEFAULT_GROUP_V4, DEFAULT_PORT, DEFAULT_SUFFIX
+from ..mslookup.engine import DEFAULT_RESEND
 from ..settings import ConfigError, convert, read_config_file
 from .routing import CAUSE_ERROR, CAUSE_INVALID, CAUSE_NOT_FOUND, Routing
 
@@ -33,7 +34,7 @@ class Config:
     suffix: str = DEFAULT_SUFFIX
     min_delay: float = 1.0
     timeout: float | None = None
-    resend: int = 4
+    resend: int = DEFAULT_RESEND
     trusted: tuple[str, ...] | None = None
     allow_loopback: bool = False
     # routing

@@ -22,6 +22,7 @@ from dataclasses import dataclass, fields, replace
 from typing import Any
 
 from ..mslookup import DEFAULT_GROUP_V4, DEFAULT_PORT, DEFAULT_SUFFIX, IdType, Query
+from ..mslookup.engine import DEFAULT_RESEND
 from ..mslookup.model import parse_networks
 from ..mslookup.query import validate_suffix
 from ..mslookup.transport import MulticastConfig
@@ -67,7 +68,7 @@ class Config:
     interface: str | None = None
     ttl: int = 1
     suffix: str = DEFAULT_SUFFIX
-    resend: int = 4
+    resend: int = DEFAULT_RESEND
     trusted: tuple[str, ...] | None = None
     allow_loopback: bool = False
     # -- per call --

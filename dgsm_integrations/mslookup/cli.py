@@ -24,6 +24,7 @@ from .. import __version__
 from .._listen import Listener, connection_budget
 from .._ratelimit import LogLimiter
 from .aio import AnswerTrace, AsyncResolver
+from .engine import DEFAULT_RESEND
 from .errors import InvalidQuery, MslookupError, TransportError
 from .model import Endpoint, Outcome, Result
 from .query import DEFAULT_SUFFIX, Query
@@ -177,8 +178,8 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("-T", "--timeout", type=_positive_ms, default=1000, metavar="MS",
                    help="keep printing younger answers until then (default 1000; "
                    "if smaller than -t, -t applies)")
-    t.add_argument("--resend", type=int, default=4, choices=range(21), metavar="N",
-                   help="re-send each query N more times within min-delay (default 4)")
+    t.add_argument("--resend", type=int, default=DEFAULT_RESEND, choices=range(21), metavar="N",
+                   help="re-send each query N more times within min-delay (default %(default)s)")
     t.add_argument("--trusted", action="append", metavar="CIDR",
                    help="accept answers only from, and naming, these networks (repeatable)")
     t.add_argument("--allow-loopback", action="store_true",

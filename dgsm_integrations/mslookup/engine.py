@@ -48,7 +48,7 @@ __all__ = ["DEFAULT_RESEND", "AnswerTrace", "Engine", "Lookup", "Reporter", "Set
            "Stats"]
 
 #: Extra copies of each query by default (see docs/mslookup.md, "What the re-sends buy").
-DEFAULT_RESEND = 4
+DEFAULT_RESEND = 7
 #: Seconds over which "every answer was dropped as untrusted" is judged.
 TRUST_WINDOW = 10.0
 #: How many distinct answers (bytes and sender) a flight remembers: for callers that join

@@ -7,9 +7,10 @@ which datagrams to send (:meth:`Pacer.due`), and sleeps until :meth:`Pacer.next_
 What it does, and why:
 
 - **Each lookup's copies are spread over its window.** Copy 0 is due at once, copy k at
-  ``k * interval`` (default ``window / copies``), on a coarse grid shared by all flights so
-  that many lookups' copies leave in one wake-up. The copies are there for loss: each one is
-  another independent chance for the query and its answer to cross a lossy link.
+  ``k * interval`` (default: the last at ``LAST_COPY_AT`` of the window), on a coarse grid
+  shared by all flights so that many lookups' copies leave in one wake-up. The copies are
+  there for loss: each is another independent chance for the query and its answer to cross
+  a lossy link.
 - **All flights share one token bucket** (``rate`` datagrams per second, at most ``burst`` at
   once). A burst of lookups (a bulk SMS to every subscriber) would otherwise put every copy
   on the wire in one go: more than a thin link between villages carries, and more than a
@@ -44,12 +45,16 @@ from dataclasses import dataclass, field
 __all__ = ["DEFAULT_BURST", "DEFAULT_RATE", "GRID", "MIN_GAP", "Pacer"]
 
 #: Default query datagrams per second over all lookups (see docs/mslookup.md, "Pacing").
-DEFAULT_RATE = 1500.0
+DEFAULT_RATE = 5000.0
 #: Default bucket depth: this many datagrams may leave at once after a quiet spell.
 DEFAULT_BURST = 50
 #: Re-sends of all lookups are aligned to this grid (seconds), so that the re-sends of many
 #: lookups in progress leave in one wake-up of the driver instead of one wake-up each.
 GRID = 0.005
+#: By default the last copy of a lookup leaves at this share of its window: clear of the
+#: cut-off below (a driver that wakes a few ms late must not lose it), and early enough for
+#: its answers to come back (docs/mslookup.md, "What the re-sends buy").
+LAST_COPY_AT = 0.8
 #: The least time between two copies of one lookup, even when they were held back.
 MIN_GAP = 0.0
 #: Rounding slack of the token count.
@@ -121,7 +126,7 @@ class Pacer:
             raise ValueError(f"copies must be >= 1, not {copies}")
         if not window > 0:
             raise ValueError(f"window must be > 0, not {window}")
-        step = interval if interval is not None else window / copies
+        step = interval if interval is not None else window * LAST_COPY_AT / max(1, copies - 1)
         if not step > 0:
             raise ValueError(f"interval must be > 0, not {interval}")
         grid = min(GRID, step / 4)
