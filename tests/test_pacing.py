@@ -132,9 +132,9 @@ def test_a_second_caller_adds_copies_only_where_there_are_none() -> None:
     p2.due(0.0)
     p2.schedule("q", b"x", 0.5, 1.0, 2)  # a later caller with a longer window: its own copies
     times = [round(t, 3) for t, _ in run(p2, 10.0, 0.0)]
-    # the first caller's copies at 0 and 0.165 (its last at 80% of 0.2 s, on the grid); the
-    # second's at 0.5 is within half its interval (0.4 s) of 0.165, so only 1.3 is added
-    assert times == [0.165, 1.3]
+    # the first caller's copies at 0 and 0.16 (its last at 80% of 0.2 s); the second's at
+    # 0.5 is within half its interval (0.4 s) of 0.16, so only 1.3 is added
+    assert times == [0.16, 1.3]
 
 
 def test_wakeups_are_batched_not_one_per_datagram() -> None:

@@ -229,6 +229,26 @@ class AsyncResolver:
         finally:
             self._end(lookup)
 
+    def start(
+        self,
+        query: str | Query,
+        deliver: Callable[[Result], None],
+        *,
+        min_delay: float | None = None,
+        timeout: float | None = None,
+        on_answer: Callable[[AnswerTrace], None] | None = None,
+    ) -> Lookup:
+        """The callback form of :meth:`stream`, for servers that answer from callbacks:
+        results go to ``deliver`` as they come, on the loop (the last has ``last=True``);
+        :meth:`cancel` ends the lookup early. Must be called on the loop."""
+        q = as_query(query)
+        timing = self.settings.timing(q, min_delay, timeout)
+        return self._start(self._open_now(), q, timing, deliver, on_answer)
+
+    def cancel(self, lookup: Lookup) -> None:
+        """End a lookup from :meth:`start` without a further result (its caller left)."""
+        self._end(lookup)
+
     # -- the driver ------------------------------------------------------------------------
 
     def _start(self, loop: asyncio.AbstractEventLoop, query: Query, timing: Timing,

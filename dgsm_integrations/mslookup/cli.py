@@ -337,7 +337,11 @@ class _Cli:
                       max_wait: float) -> None:
         loop = asyncio.get_running_loop()
         try:
-            packet = await asyncio.wait_for(loop.sock_recv(conn, 1024), CLIENT_READ_TIMEOUT)
+            try:
+                packet = conn.recv(1024)  # the listener starts us once the query is there
+            except (BlockingIOError, InterruptedError):
+                packet = await asyncio.wait_for(loop.sock_recv(conn, 1024),
+                                                CLIENT_READ_TIMEOUT)
             if not packet:
                 return
             text = packet.decode("ascii", "replace").splitlines()[0] if packet.strip() else ""
@@ -368,38 +372,52 @@ class _Cli:
 
     async def _results(self, resolver: AsyncResolver, conn: socket.socket, query: Query,
                        shown: str) -> None:
-        """Send the lookup's results; end it the moment the client goes away."""
+        """Send the lookup's results as the engine delivers them (from its callbacks: no
+        task or future per result); end it the moment the client goes away. The socket is
+        read all along: EOF ends the lookup at once, and a second query on the connection
+        is refused, as in the C tool. A client that does not read its results (its socket
+        buffer full) is dropped, not waited for."""
         loop = asyncio.get_running_loop()
-        results = resolver.stream(query)
-        # the socket is read all along: EOF (the client left) cancels the lookup at once,
-        # and a second query on the same connection is refused, as in the C tool
-        extra = asyncio.ensure_future(loop.sock_recv(conn, 1024))
-        step: asyncio.Future[Result] | None = None
+        done: asyncio.Future[None] = loop.create_future()
+
+        def finish() -> None:
+            if not done.done():
+                done.set_result(None)
+
+        def send(data: bytes) -> None:
+            try:
+                conn.send(data)
+            except OSError:  # gone, or not reading (BlockingIOError)
+                finish()
+
+        def deliver(result: Result) -> None:
+            if done.done():
+                return
+            send(self.fmt(shown, result).encode())
+            if result.last:
+                finish()
+
+        def readable() -> None:
+            try:
+                more = conn.recv(1024)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError:
+                more = b""
+            if not more:
+                finish()  # the client left: the lookup ends now
+                return
+            send(format_error(_printable(_domain_part(more.decode("ascii", "replace")
+                                                      .strip())), self.json).encode())
+
+        fd = conn.fileno()
+        loop.add_reader(fd, readable)
+        lookup = resolver.start(query, deliver)
         try:
-            while True:
-                step = asyncio.ensure_future(anext(results))
-                while not step.done():
-                    await asyncio.wait({step, extra}, return_when=asyncio.FIRST_COMPLETED)
-                    if not extra.done():
-                        continue
-                    more = extra.result()  # OSError: the client is gone
-                    if not more:
-                        return  # the client left: the lookup ends now
-                    await loop.sock_sendall(conn, format_error(
-                        _printable(_domain_part(more.decode("ascii", "replace").strip())),
-                        self.json).encode())
-                    extra = asyncio.ensure_future(loop.sock_recv(conn, 1024))
-                result = step.result()
-                await loop.sock_sendall(conn, self.fmt(shown, result).encode())
-                if result.last:
-                    return
+            await done
         finally:
-            extra.cancel()
-            if step is not None and not step.done():
-                step.cancel()
-                with contextlib.suppress(asyncio.CancelledError, StopAsyncIteration):
-                    await step
-            await results.aclose()
+            loop.remove_reader(fd)
+            resolver.cancel(lookup)
 
 
 def _remove_stale_socket(path: str) -> None:

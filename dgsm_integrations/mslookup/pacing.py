@@ -132,16 +132,18 @@ class Pacer:
         grid = min(GRID, step / 4)
         margin = min(window * _MARGIN_SHARE, _MARGIN_MAX)
         latest = now + window - margin
-        times = [now] + [math.ceil((now + k * step) / grid) * grid for k in range(1, copies)]
+        times = [now] + [math.ceil((now + k * step) / grid - 1e-9) * grid
+                         for k in range(1, copies)]
         times = [times[0]] + [t for t in times[1:] if t <= latest]
         plan = self._plans.get(key)
+        fresh = plan is None
         if plan is None:
             plan = self._plans[key] = _Plan(key, wire, latest, step / 2)
         else:
             plan.latest = max(plan.latest, latest)
             plan.gap = min(plan.gap, step / 2)
         for number, t in enumerate(times):
-            if all(abs(t - other) >= step / 2 for other in plan.planned):
+            if fresh or all(abs(t - other) >= step / 2 for other in plan.planned):
                 plan.planned.append(t)
                 plan.pending += 1
                 heapq.heappush(self._timed, (t, next(self._seq), number, t, plan))
