@@ -531,3 +531,25 @@ def test_send_rate_is_validated() -> None:
         with pytest.raises(InvalidQuery):
             AsyncResolver(send_rate=bad)
 
+
+
+def test_the_resolver_keeps_one_timer_whatever_wakes_it() -> None:
+    """Regression: a wake-up by the socket dropped the handle of the pending timer without
+    cancelling it, so every answer left one more live timer behind; they fired in chains
+    (20,000 wake-ups for 100 lookups, 3.5 ms of CPU per lookup at 200 calls/s)."""
+    async def body() -> None:
+        loop = asyncio.get_running_loop()
+        most = 0
+        async with Responder(handler=lambda q: Record.parse("3,127.0.0.5:5060"),
+                             interface=LO, port=PORT), resolver(min_delay=0.3) as r:
+            async def one(i: int) -> None:
+                nonlocal most
+                await asyncio.sleep(i * 0.005)
+                res = await r.resolve(f"sip.voice.{6100 + i}.msisdn")
+                assert res.found
+                live = [h for h in loop._scheduled  # type: ignore[attr-defined]
+                        if not h.cancelled() and getattr(h, "_callback", None) == r._on_timer]
+                most = max(most, len(live))
+            await asyncio.gather(*(one(i) for i in range(40)))
+        assert most <= 1
+    run(body())

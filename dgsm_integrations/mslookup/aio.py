@@ -269,9 +269,12 @@ class AsyncResolver:
             loop = self._loop
             self.engine.cancel(lookup, loop.time() if loop else time.monotonic())
 
+    def _on_timer(self) -> None:
+        self._timer = None  # it fired; a wake-up for the socket must not forget a live one
+        self._wake()
+
     def _wake(self) -> None:
         """The socket is readable, or the engine's wake-up time came."""
-        self._timer = None
         sock, loop = self._sock, self._loop
         if sock is None or loop is None:
             return
@@ -294,5 +297,5 @@ class AsyncResolver:
             timer.cancel()
             self._timer = None
         if wake is not None:
-            self._timer = loop.call_at(wake, self._wake)
+            self._timer = loop.call_at(wake, self._on_timer)
             self._timer_at = wake
