@@ -489,8 +489,8 @@ def cprofile_ours(path: str, port: int, imsis: Iterator[int], n: int,
 
 
 #: Where a function's own time goes, by the module that defines it.
-_CORE = ("wire.py", "query.py", "selection.py", "model.py", "pacing.py", "enum.py")
-_GLUE = ("aio.py", "cli.py", "_listen.py", "_ratelimit.py", "transport.py")
+_CORE = ("engine.py", "wire.py", "query.py", "selection.py", "model.py", "pacing.py", "enum.py")
+_GLUE = ("aio.py", "driver.py", "cli.py", "_listen.py", "_ratelimit.py", "transport.py")
 _ASYNCIO = ("base_events.py", "events.py", "tasks.py", "futures.py", "selector_events.py",
             "selectors.py", "locks.py", "timeouts.py", "coroutines.py", "base_futures.py",
             "base_tasks.py", "queues.py", "mixins.py")

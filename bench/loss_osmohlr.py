@@ -103,6 +103,7 @@ from osmohlr_burst import (  # noqa: E402
 )
 
 from dgsm_integrations.mslookup import AsyncResolver, Endpoint  # noqa: E402
+from dgsm_integrations.mslookup.engine import DEFAULT_RESEND  # noqa: E402  (the prediction only)
 
 MARK = "DGSM_PERF_NETNS"
 GROUP = "239.192.23.42"
@@ -111,7 +112,7 @@ SO_TIMESTAMPNS = getattr(socket, "SO_TIMESTAMPNS", 35)  # Linux; Python does not
 TARGETS: dict[int, tuple[int, int, float]] = {20: (1000, 2, 0.999), 30: (500, 7, 0.99)}
 QUICK_LOOKUPS = {20: 300, 30: 150}
 MAX_DATAGRAMS = 8.0
-DEFAULT_RESEND = 4  # the resolver's default, for the prediction only (never passed)
+
 LINGER = 0.5  # after the last lookup: answers to its last copies still cross the link
 
 
