@@ -13,6 +13,7 @@ import time
 from collections.abc import Callable
 
 from ..mslookup import AnswerTrace, Result
+from ..mslookup.engine import DEFAULT_RESEND
 from .distro import Distro, default_osmocom
 from .network import Lab
 from .services import Services
@@ -161,7 +162,8 @@ def run_demo(villages: list[str] | None = None, keep: bool = False,
             st.step("C's wifi link turns bad: 20% of packets lost each way")
             lab.lossy("C", 20)
             res = st.lookup(f"smpp.sms.{ALICE[1]}.msisdn")
-            st.check(res.found, "still found (every query is sent 5 times over the wait)")
+            st.check(res.found, f"still found (every query is sent {DEFAULT_RESEND + 1} times "
+                     "over the wait)")
             st.sms("are you there?", "C", tries=3)
             lab.lossy("C", 0)
             st.step("C's link goes down")
