@@ -74,6 +74,9 @@ class _Plan:
     latest: float  # no re-send leaves after this
     gap: float  # least time between two copies of this flight
     planned: list[float] = field(default_factory=list)  # every copy ever planned
+    chain: list[float] = field(default_factory=list)  # its first schedule's copies still
+    # to queue, the latest first: one copy of a flight waits in a heap at a time
+    numbered: int = 0  # copies of the chain queued so far
     last: float | None = None  # when the last copy left
     sent: int = 0
     pending: int = 0  # copies planned and not yet sent or skipped
@@ -136,17 +139,30 @@ class Pacer:
                          for k in range(1, copies)]
         times = [times[0]] + [t for t in times[1:] if t <= latest]
         plan = self._plans.get(key)
-        fresh = plan is None
         if plan is None:
-            plan = self._plans[key] = _Plan(key, wire, latest, step / 2)
-        else:
-            plan.latest = max(plan.latest, latest)
-            plan.gap = min(plan.gap, step / 2)
-        for number, t in enumerate(times):
-            if fresh or all(abs(t - other) >= step / 2 for other in plan.planned):
+            plan = self._plans[key] = _Plan(key, wire, latest, step / 2, times,
+                                            times[:0:-1])
+            plan.pending = len(times)
+            self._queue_next(plan, now)
+            return
+        plan.latest = max(plan.latest, latest)
+        plan.gap = min(plan.gap, step / 2)
+        for number, t in enumerate(times):  # a second caller: its own copies, queued now
+            if all(abs(t - other) >= step / 2 for other in plan.planned):
                 plan.planned.append(t)
                 plan.pending += 1
                 heapq.heappush(self._timed, (t, next(self._seq), number, t, plan))
+
+    def _queue_next(self, plan: _Plan, first: float | None = None) -> None:
+        """Put the chain's next copy in the heap (``first``: the first copy, due then)."""
+        if first is not None:
+            t = first
+        elif plan.chain and plan.live:
+            t = plan.chain.pop()
+        else:
+            return
+        heapq.heappush(self._timed, (t, next(self._seq), plan.numbered, t, plan))
+        plan.numbered += 1
 
     def cancel(self, key: Hashable) -> None:
         """The flight ended: forget its copies still to send."""
@@ -158,37 +174,42 @@ class Pacer:
         """The ``(key, datagram)`` pairs to send at ``now``, in order."""
         self._refill(now)
         timed, ready = self._timed, self._ready
-        while timed and timed[0][0] <= now:
-            _, seq, number, t, plan = heapq.heappop(timed)
-            if plan.live:
-                heapq.heappush(ready, (number, t, seq, plan))
         out: list[tuple[Hashable, bytes]] = []
-        while ready and self._tokens >= 1 - _EPSILON:
-            number, t, seq, plan = heapq.heappop(ready)
-            if not plan.live:
-                continue
-            if number > 0 and now > plan.latest:
-                self._skip(plan)
-                continue
-            gap = self._gap(plan, now)
-            if plan.last is not None and now - plan.last < gap - _EPSILON:
-                later = plan.last + gap
-                if number > 0 and later > plan.latest:
-                    self._skip(plan)
-                else:
-                    heapq.heappush(timed, (later, seq, number, t, plan))
-                continue
-            self._tokens -= 1
-            plan.pending -= 1
-            if now > t + GRID:
-                self.deferred += 1
-                if now > t + plan.gap:
-                    plan.missed += 1
-            plan.last = now
-            plan.sent += 1
-            self.sent += 1
-            out.append((plan.key, plan.wire))
-        return out
+        while True:
+            while timed and timed[0][0] <= now:
+                _, seq, number, t, plan = heapq.heappop(timed)
+                if plan.live:
+                    heapq.heappush(ready, (number, t, seq, plan))
+            if not ready or self._tokens < 1 - _EPSILON:
+                return out
+            while ready and self._tokens >= 1 - _EPSILON:
+                number, t, seq, plan = heapq.heappop(ready)
+                if not plan.live:
+                    continue
+                if number > 0 and now > plan.latest:
+                    self._skip(plan, rest=True)
+                    continue
+                gap = self._gap(plan, now)
+                if plan.last is not None and now - plan.last < gap - _EPSILON:
+                    later = plan.last + gap
+                    if number > 0 and later > plan.latest:
+                        self._skip(plan, rest=True)
+                    else:
+                        heapq.heappush(timed, (later, seq, number, t, plan))
+                    continue
+                self._tokens -= 1
+                plan.pending -= 1
+                if now > t + GRID:
+                    self.deferred += 1
+                    if now > t + plan.gap:
+                        plan.missed += 1
+                plan.last = now
+                plan.sent += 1
+                self.sent += 1
+                out.append((plan.key, plan.wire))
+                self._queue_next(plan)
+            if not (timed and timed[0][0] <= now):
+                return out
 
     def next_wakeup(self) -> float | None:
         """When :meth:`due` next has something to hand out (None: nothing planned)."""
@@ -208,13 +229,20 @@ class Pacer:
         """Least time between two copies of ``plan`` now: half an interval, but narrower
         (down to :data:`MIN_GAP`) when copies were held back and must still fit before the
         last useful moment."""
-        fit = (plan.latest - now) / max(1, plan.pending - 1)
+        # aim a grid step before the last useful moment: a driver that wakes a little late
+        # must not lose the last copy to it
+        fit = max(0.0, plan.latest - GRID - now) / max(1, plan.pending - 1)
         return max(MIN_GAP, min(plan.gap, fit))
 
-    def _skip(self, plan: _Plan) -> None:
-        self.skipped += 1
-        plan.missed += 1
-        plan.pending -= 1
+    def _skip(self, plan: _Plan, rest: bool = False) -> None:
+        """A copy too late to be answered in time; with ``rest``, the chain's later copies
+        too (they can only come later still)."""
+        count = 1 + (len(plan.chain) if rest else 0)
+        if rest:
+            plan.chain.clear()
+        self.skipped += count
+        plan.missed += count
+        plan.pending -= count
 
     def missed(self, key: Hashable) -> int:
         """Copies of flight ``key`` that did not leave on time (skipped, or more than half an
