@@ -11,7 +11,7 @@ import os
 from dataclasses import dataclass, field, fields
 from typing import Any
 
-from ..mslookup import DEFAULT_GROUP_V4, DEFAULT_PORT, DEFAULT_SUFFIX
+from ..mslookup import DEFAULT_GROUP_V4, DEFAULT_PORT, DEFAULT_SUFFIX, Timing
 from ..mslookup.engine import DEFAULT_RESEND
 from ..settings import ConfigError, convert, read_config_file
 from .routing import CAUSE_ERROR, CAUSE_INVALID, CAUSE_NOT_FOUND, Routing
@@ -93,7 +93,7 @@ class Config:
     @property
     def lookup_timeout(self) -> float:
         """How long a lookup may take at most (libosmo-mslookup's rule)."""
-        return self.timeout or self.min_delay or 1.0
+        return Timing.settle(self.min_delay, self.timeout).timeout
 
     def resolver_kwargs(self) -> dict[str, Any]:
         """Keyword arguments for AsyncResolver / Resolver."""

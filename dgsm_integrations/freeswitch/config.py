@@ -21,7 +21,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, fields, replace
 from typing import Any
 
-from ..mslookup import DEFAULT_GROUP_V4, DEFAULT_PORT, DEFAULT_SUFFIX, IdType, Query
+from ..mslookup import DEFAULT_GROUP_V4, DEFAULT_PORT, DEFAULT_SUFFIX, IdType, Query, Timing
 from ..mslookup.engine import DEFAULT_RESEND
 from ..mslookup.model import parse_networks
 from ..mslookup.query import validate_suffix
@@ -153,7 +153,7 @@ class Config:
     @property
     def lookup_timeout(self) -> float:
         """How long a lookup may take at most (libosmo-mslookup's rule)."""
-        return self.timeout or self.min_delay or 1.0
+        return Timing.settle(self.min_delay, self.timeout).timeout
 
     def resolver_kwargs(self) -> dict[str, Any]:
         """Keyword arguments for Resolver.shared / AsyncResolver (one per configuration)."""

@@ -39,15 +39,14 @@ class Timing:
     def of(cls, query: Query, min_delay: float, timeout: float | None) -> Timing:
         """Resolve a query's own timing against defaults, with libosmo-mslookup's rules."""
         if query.min_delay_ms is not None or query.timeout_ms is not None:
-            md = (query.min_delay_ms or 0) / 1000
-            to = (query.timeout_ms or 0) / 1000
-        else:
-            md, to = min_delay, (timeout if timeout is not None else 0.0)
-        if not to:
-            to = md
-        if not to:
-            to = 1.0
-        return cls(md, to)
+            return cls.settle((query.min_delay_ms or 0) / 1000, (query.timeout_ms or 0) / 1000)
+        return cls.settle(min_delay, timeout)
+
+    @classmethod
+    def settle(cls, min_delay: float, timeout: float | None) -> Timing:
+        """libosmo-mslookup's rule: timeout defaults to min_delay, and both 0 mean 1 s."""
+        to = timeout or min_delay or 1.0
+        return cls(min_delay, to)
 
     @property
     def window(self) -> float:
