@@ -61,9 +61,9 @@ def interfaces() -> set[str]:
     return {name for _, name in socket.if_nameindex()}
 
 
-def enter_private_namespaces() -> None:
-    """Re-execute this script in fresh user/net/mount namespaces (once)."""
-    me = Path(__file__).name
+def enter_private_namespaces(script: str = __file__) -> None:
+    """Re-execute ``script`` in fresh user/net/mount namespaces (once)."""
+    me = Path(script).name
     if os.environ.get(MARK) != me:
         if shutil.which("unshare") is None or shutil.which("nsenter") is None:
             sys.exit("bench: unshare and nsenter (util-linux) are needed")
@@ -74,7 +74,7 @@ def enter_private_namespaces() -> None:
                      "enable unprivileged user namespaces or run as root")
         os.environ[MARK] = me
         argv = ["unshare", flags, "--propagation", "private", sys.executable,
-                str(Path(__file__).resolve()), *sys.argv[1:]]
+                str(Path(script).resolve()), *sys.argv[1:]]
         os.execvp("unshare", argv)  # noqa: S606 (fixed argv, the script is ours)
     if interfaces() != {"lo"}:
         sys.exit("bench: not in a private network namespace (interfaces besides lo); refusing")

@@ -77,12 +77,14 @@ from loss import (  # noqa: E402
     IP_CLIENT,
     IP_SITE,
     LIFETIME,
+    MARK,
     MDNS_PORT,
     NS_CLIENT,
     NS_SITE,
     VETH_CLIENT,
     VETH_SITE,
     build_topology,
+    enter_private_namespaces,
     interfaces,
     predicted,
     remove_topology,
@@ -95,17 +97,15 @@ from osmohlr_burst import (  # noqa: E402
     FIRST_MSISDN,
     PROVISIONED,
     SITES,
-    QuietOsmoHlr,
     age,
-    provision,
     service,
+    start_hlrs,
     youngest,
 )
 
 from dgsm_integrations.mslookup import AsyncResolver, Endpoint  # noqa: E402
 from dgsm_integrations.mslookup.engine import DEFAULT_RESEND  # noqa: E402  (the prediction only)
 
-MARK = "DGSM_PERF_NETNS"
 GROUP = "239.192.23.42"
 SO_TIMESTAMPNS = getattr(socket, "SO_TIMESTAMPNS", 35)  # Linux; Python does not export it
 #: rate -> (lookups, at most this many failures, at least this share): issue 13's targets
@@ -117,23 +117,6 @@ LINGER = 0.5  # after the last lookup: answers to its last copies still cross th
 
 
 # -- namespaces ---------------------------------------------------------------------------
-
-def enter_private_namespaces() -> None:
-    """Re-execute this script in fresh user/net/mount namespaces (once), as loss.py does."""
-    me = Path(__file__).name
-    if os.environ.get(MARK) != me:
-        probe = subprocess.run(["unshare", "-rnm", "true"], capture_output=True, check=False)
-        flags = "-rnm" if probe.returncode == 0 else "-nm"
-        if flags == "-nm" and os.geteuid() != 0:
-            sys.exit("bench: cannot create private namespaces (unshare -rnm failed): "
-                     "enable unprivileged user namespaces or run as root")
-        os.environ[MARK] = me
-        argv = ["unshare", flags, "--propagation", "private", sys.executable,
-                str(Path(__file__).resolve()), *sys.argv[1:]]
-        os.execvp("unshare", argv)  # noqa: S606 (fixed argv, the script is ours)
-    if interfaces() != {"lo"}:
-        sys.exit("bench: not in a private network namespace (interfaces besides lo); refusing")
-
 
 def link_counters() -> dict[str, int]:
     """Packets and bytes (IP) seen and dropped by loss.py's nftables rules, per direction."""
@@ -251,13 +234,8 @@ def serve_sites(n: int) -> None:
     threading.Thread(target=wait_stdin, daemon=True).start()
     with tempfile.TemporaryDirectory(prefix="dgsm-loss3-") as tmp, \
             contextlib.ExitStack() as stack:
-        hlrs = [stack.enter_context(QuietOsmoHlr(Path(tmp) / f"hlr{k}", bind_ip=f"127.0.0.{k + 2}",
-                                                 services={"sip.voice": service(k)},
-                                                 client_timeout_ms=100))
-                for k in range(SITES)]
         t = time.perf_counter()
-        for k, hlr in enumerate(hlrs):
-            provision(hlr, k, n)
+        hlrs = start_hlrs(stack, Path(tmp), n)
         version = subprocess.run(["osmo-hlr", "--version"], capture_output=True, text=True,
                                  check=False).stdout.split("\n")[0].strip()
         print(json.dumps({"ready": True, "provisioned": PROVISIONED, "version": version,
@@ -754,7 +732,7 @@ def main() -> None:
                           ("unshare", "util-linux"), ("nsenter", "util-linux")):
         if shutil.which(tool) is None:
             sys.exit(f"bench: {tool} not found (apt-get install {package})")
-    enter_private_namespaces()
+    enter_private_namespaces(__file__)
     sys.exit(main_bench(args))
 
 

@@ -105,6 +105,19 @@ def provision(hlr: OsmoHlr, k: int, n: int) -> None:
     PROVISIONED[k] = time.monotonic()
 
 
+def start_hlrs(stack: contextlib.ExitStack, workdir: Path, n: int) -> list[OsmoHlr]:
+    """The SITES real OsmoHLRs on 127.0.0.2.., each provisioned with ``n`` subscribers of
+    its own ages (stopped when ``stack`` closes)."""
+    hlrs: list[OsmoHlr] = [
+        stack.enter_context(QuietOsmoHlr(workdir / f"hlr{k}", bind_ip=f"127.0.0.{k + 2}",
+                                         services={"sip.voice": service(k)},
+                                         client_timeout_ms=100))
+        for k in range(SITES)]
+    for k, hlr in enumerate(hlrs):
+        provision(hlr, k, n)
+    return hlrs
+
+
 #: When each HLR's ages were set (records age as time passes; the differences stay 20 s).
 PROVISIONED: dict[int, float] = {}
 
@@ -219,13 +232,8 @@ def main() -> None:
     enter_private_netns(__file__)
     with tempfile.TemporaryDirectory(prefix="dgsm-burst-") as tmp, \
             contextlib.ExitStack() as stack:
-        hlrs = [stack.enter_context(QuietOsmoHlr(Path(tmp) / f"hlr{k}", bind_ip=f"127.0.0.{k + 2}",
-                                            services={"sip.voice": service(k)},
-                                            client_timeout_ms=100))
-                for k in range(SITES)]
         t = time.perf_counter()
-        for k, hlr in enumerate(hlrs):
-            provision(hlr, k, args.lookups)
+        start_hlrs(stack, Path(tmp), args.lookups)
         print(f"{SITES} OsmoHLRs, {args.lookups} subscribers each (ages 10/30/50 s, youngest "
               f"varies), provisioned in {time.perf_counter() - t:.1f} s", flush=True)
         rounds = []
