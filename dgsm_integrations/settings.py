@@ -8,13 +8,11 @@ from __future__ import annotations
 
 from typing import Any
 
+from .errors import ConfigError
+
 __all__ = ["MAX_FILE", "ConfigError", "convert", "read_config_file"]
 
 MAX_FILE = 64 * 1024
-
-
-class ConfigError(ValueError):
-    """A setting is unknown or invalid; the message names it."""
 
 
 def read_config_file(path: str) -> dict[str, str]:

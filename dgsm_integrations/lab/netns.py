@@ -23,6 +23,8 @@ import threading
 from collections.abc import Coroutine, Iterator, Sequence
 from typing import IO, Any, TypeVar
 
+from ..errors import DgsmError
+
 __all__ = ["CLONE_NEWNET", "LabError", "Netns", "NsLoop", "in_private_netns", "need",
            "terminate"]
 
@@ -32,7 +34,7 @@ CLONE_NEWNET = 0x40000000
 _libc: Any = None
 
 
-class LabError(Exception):
+class LabError(DgsmError):
     """The lab cannot be built or used here; the message says what to do."""
 
 

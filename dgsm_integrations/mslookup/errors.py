@@ -7,10 +7,12 @@ in :class:`TransportError`. "Not found" is a value, never an exception.
 
 from __future__ import annotations
 
+from ..errors import DgsmError
+
 __all__ = ["InvalidQuery", "MslookupError", "TransportError", "WireError"]
 
 
-class MslookupError(Exception):
+class MslookupError(DgsmError):
     """Base class of every error raised by :mod:`dgsm_integrations.mslookup`."""
 
 
