@@ -3,6 +3,12 @@
 Every test that sends multicast must run inside a private network namespace (the README's
 test command, ``bash .ci/test``, makes one). If this process can see any interface besides
 loopback and the veth pairs tests make themselves, the suite refuses to run.
+
+Tiers: ``bash .ci/test -m "not slow"`` is the fast tier (engine, codecs, routing, the
+adapters' logic on fake clocks and in-memory transports; under 15 s). Everything that runs a
+real peer (markers ``osmocom``, ``asterisk``, ``freeswitch``: marked ``slow`` here, once),
+builds network namespaces or the lab, or waits on real time is ``slow``, marked in its
+module. CI runs every tier.
 """
 
 from __future__ import annotations
@@ -31,6 +37,15 @@ def pytest_configure(config: pytest.Config) -> None:
             f"({', '.join(foreign)}). Run the suite with `bash .ci/test`, which creates a "
             "private network namespace so that no test traffic leaves this machine."
         )
+
+
+_REAL_PEERS = ("osmocom", "asterisk", "freeswitch")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if any(item.get_closest_marker(name) for name in _REAL_PEERS):
+            item.add_marker(pytest.mark.slow)
 
 
 # -- the Osmocom matrix: fixtures that run a test once per generation (tests/peers) ------------

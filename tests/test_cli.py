@@ -20,6 +20,9 @@ from dgsm_integrations.mslookup.cli import CSV_HEADERS
 from .conftest import LO
 from .peers import require_binary
 
+# dgsm-mslookup and the C tools as subprocesses, on real time
+pytestmark = pytest.mark.slow
+
 PORT = 42661
 ROOT = Path(__file__).resolve().parents[1]
 ENV = {**os.environ, "PYTHONPATH": str(ROOT)}

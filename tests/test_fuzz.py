@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -51,12 +52,14 @@ def _same_verdict_on_the_engine_path(data: bytes) -> None:
     assert fast == full
 
 
+@pytest.mark.slow  # 3,000 examples: seconds
 @settings(max_examples=3000, deadline=None)
 @given(st.binary(max_size=600))
 def test_arbitrary_bytes(data: bytes) -> None:
     _decode_both(data)
 
 
+@pytest.mark.slow  # 3,000 examples: seconds
 @settings(max_examples=3000, deadline=None)
 @given(st.sampled_from(SEEDS), st.lists(st.tuples(st.integers(0, 400), st.integers(0, 255)),
                                         min_size=1, max_size=6),

@@ -16,6 +16,9 @@ import pytest
 
 from .peers import require_sid_root
 
+# the suite again under Debian sid's Python
+pytestmark = pytest.mark.slow
+
 MODULES = ["test_wire.py", "test_query.py", "test_selection.py", "test_asterisk_agi.py",
            "test_resolver.py", "test_asterisk_fastagi.py", "test_freeswitch_esl.py",
            "test_esme.py", "test_esme_store.py"]

@@ -87,6 +87,7 @@ def test_summary_comes_when_the_interval_ends_on_a_loop() -> None:
     assert len(records) == 2
 
 
+@pytest.mark.slow  # a real resolver under a real flood
 def test_resolver_at_debug_under_a_flood_logs_a_few_records(
         caplog: pytest.LogCaptureFixture) -> None:
     """Regression: one debug record per dropped datagram (36k-67k under a flood)."""

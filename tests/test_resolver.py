@@ -28,6 +28,9 @@ from dgsm_integrations.mslookup.wire import encode_answer
 
 from .conftest import LO
 
+# real multicast sockets and real min-delay windows
+pytestmark = pytest.mark.slow
+
 PORT = 42611
 T = TypeVar("T")
 
