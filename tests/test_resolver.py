@@ -18,6 +18,7 @@ from dgsm_integrations.mslookup import (
     AsyncResolver,
     Endpoint,
     InvalidQuery,
+    InvalidSetting,
     Outcome,
     Query,
     Record,
@@ -531,7 +532,7 @@ def test_a_burst_is_paced_and_first_copies_go_first() -> None:
 
 def test_send_rate_is_validated() -> None:
     for bad in (0, 5, 1e9, float("nan")):
-        with pytest.raises(InvalidQuery):
+        with pytest.raises(InvalidSetting, match="send_rate"):
             AsyncResolver(send_rate=bad)
 
 

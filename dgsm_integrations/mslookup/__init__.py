@@ -14,7 +14,14 @@ from typing import TYPE_CHECKING, Any
 # The sans-I/O core is imported at once; the asyncio driver, the blocking facade and the
 # responder only when first used, so that a per-call process (the Asterisk AGI script) that
 # needs just the core does not pay for importing asyncio and threading.
-from .errors import InvalidQuery, MslookupError, TransportError, WireError
+from .errors import (
+    InvalidAnswer,
+    InvalidQuery,
+    InvalidSetting,
+    MslookupError,
+    TransportError,
+    WireError,
+)
 from .model import Answer, Endpoint, Outcome, Result
 from .query import DEFAULT_SUFFIX, IdType, Query
 from .selection import Selection, Timing
@@ -57,7 +64,9 @@ __all__ = [
     "AsyncResolver",
     "Endpoint",
     "IdType",
+    "InvalidAnswer",
     "InvalidQuery",
+    "InvalidSetting",
     "MslookupError",
     "MulticastConfig",
     "Outcome",

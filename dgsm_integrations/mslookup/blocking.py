@@ -89,7 +89,8 @@ class _Call:
 
 class Resolver:
     """Blocking mslookup resolver; see :class:`~.aio.AsyncResolver` for the keyword
-    arguments. Raises only InvalidQuery (bad input) and TransportError (no socket)."""
+    arguments. Raises only InvalidQuery (a bad query), InvalidSetting (a bad keyword) and
+    TransportError (no socket)."""
 
     _shared: ClassVar[dict[tuple[tuple[str, Any], ...], Resolver]] = {}
     _shared_lock: ClassVar[threading.Lock] = threading.Lock()

@@ -25,7 +25,7 @@ from .._listen import Listener, connection_budget
 from .._ratelimit import LogLimiter
 from .aio import AnswerTrace, AsyncResolver
 from .engine import DEFAULT_RESEND
-from .errors import InvalidQuery, MslookupError, TransportError
+from .errors import InvalidAnswer, InvalidQuery, InvalidSetting, MslookupError, TransportError
 from .model import Endpoint, Outcome, Result
 from .query import DEFAULT_SUFFIX, Query
 from .responder import Record, Responder
@@ -227,7 +227,7 @@ class _Cli:
         elif "csv".startswith(fmt):
             self.json = False
         else:
-            raise InvalidQuery(f"invalid format {fmt!r}: need csv or json")
+            raise InvalidSetting(f"invalid format {fmt!r}: need csv or json")
         self._limited = LogLimiter(log)
 
     def err(self, message: str) -> None:
@@ -286,10 +286,10 @@ class _Cli:
     async def daemon(self) -> int:
         a = self.args
         if not 1 <= a.max_clients <= 100_000:
-            raise InvalidQuery(f"--max-clients must be 1..100000, not {a.max_clients}")
+            raise InvalidSetting(f"--max-clients must be 1..100000, not {a.max_clients}")
         max_wait = a.max_wait / 1000
         if max(a.min_delay, a.timeout) / 1000 > max_wait:
-            raise InvalidQuery(f"-t/-T ({max(a.min_delay, a.timeout)} ms) exceed --max-wait "
+            raise InvalidSetting(f"-t/-T ({max(a.min_delay, a.timeout)} ms) exceed --max-wait "
                                f"({a.max_wait} ms)")
         path = a.socket
         _remove_stale_socket(path)
@@ -441,10 +441,10 @@ def _remove_stale_socket(path: str) -> None:
 def _send(args: argparse.Namespace) -> int:
     values = args.queries
     if len(values) not in (4, 6):
-        raise InvalidQuery("--send needs QUERY AGE IP PORT [IP PORT]")
+        raise InvalidSetting("--send needs QUERY AGE IP PORT [IP PORT]")
     query = Query.parse(values[0])
     if not values[1].isdigit():
-        raise InvalidQuery(f"invalid age {values[1]!r}")
+        raise InvalidAnswer(f"invalid age {values[1]!r}")
     endpoints = [Endpoint(values[i], int(values[i + 1]) if values[i + 1].isdigit() else -1)
                  for i in range(2, len(values), 2)]
     v4 = next((e for e in endpoints if e.family == 4), None)
@@ -468,7 +468,7 @@ async def _serve(args: argparse.Namespace) -> int:
     for item in args.answer:
         query, sep, record = item.partition("=")
         if not sep:
-            raise InvalidQuery(f"invalid --answer {item!r}: need QUERY=AGE,IP:PORT")
+            raise InvalidAnswer(f"invalid --answer {item!r}: need QUERY=AGE,IP:PORT")
         table[Query.parse(query).domain] = Record.parse(record)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -491,7 +491,7 @@ def main(argv: list[str] | None = None) -> int:
         args = _serve_parser().parse_args(argv[1:])
         try:
             return asyncio.run(_serve(args))
-        except InvalidQuery as exc:
+        except (InvalidQuery, InvalidSetting, InvalidAnswer) as exc:
             print(f"dgsm-mslookup serve: {exc}", file=sys.stderr)
             return EXIT_INVALID
         except TransportError as exc:
@@ -515,7 +515,7 @@ def main(argv: list[str] | None = None) -> int:
             parser.print_help()
             return EXIT_INVALID
         return asyncio.run(cli.one_shot())
-    except InvalidQuery as exc:
+    except (InvalidQuery, InvalidSetting, InvalidAnswer) as exc:
         if not args.quiet:
             print(f"dgsm-mslookup: {exc}", file=sys.stderr)
         return EXIT_INVALID

@@ -36,7 +36,7 @@ from collections.abc import Callable, Hashable, Iterable
 from dataclasses import dataclass, fields, replace
 from typing import Protocol
 
-from .errors import InvalidQuery, WireError
+from .errors import InvalidQuery, InvalidSetting, WireError
 from .model import Answer, Endpoint, Network, Outcome, Result, parse_networks, trusted_by
 from .model import unusable_reason as _unusable_reason
 from .pacing import DEFAULT_BURST, DEFAULT_RATE, GRID, Pacer
@@ -157,21 +157,24 @@ class Settings:
     burst: int = DEFAULT_BURST
 
     def __post_init__(self) -> None:
-        validate_suffix(self.suffix)
-        Timing(self.min_delay, self.timeout or 0.0)  # validates the ranges
+        try:
+            validate_suffix(self.suffix)
+            Timing(self.min_delay, self.timeout or 0.0)  # validates the ranges
+        except InvalidQuery as exc:  # the same rules as a query's own, but this is a setting
+            raise InvalidSetting(str(exc)) from None
         if isinstance(self.resend, bool) or not (isinstance(self.resend, int)
                                                  and 0 <= self.resend <= 20):
-            raise InvalidQuery(f"resend must be 0..20, not {self.resend}")
+            raise InvalidSetting(f"resend must be 0..20, not {self.resend}")
         ri = self.resend_interval
         if ri is not None and not (isinstance(ri, int | float) and 0 < ri <= 60):
-            raise InvalidQuery(f"resend_interval must be in (0, 60] s, not {ri}")
+            raise InvalidSetting(f"resend_interval must be in (0, 60] s, not {ri}")
         rate = self.send_rate
         if isinstance(rate, bool) or not (isinstance(rate, int | float)
                                           and 10 <= rate <= 100_000):
-            raise InvalidQuery(f"send_rate must be 10..100000 datagrams/s, not {rate}")
+            raise InvalidSetting(f"send_rate must be 10..100000 datagrams/s, not {rate}")
         if isinstance(self.burst, bool) or not (isinstance(self.burst, int)
                                                 and 1 <= self.burst <= 10_000):
-            raise InvalidQuery(f"burst must be 1..10000 datagrams, not {self.burst}")
+            raise InvalidSetting(f"burst must be 1..10000 datagrams, not {self.burst}")
 
     @classmethod
     def of(cls, *, suffix: str = DEFAULT_SUFFIX, min_delay: float = 1.0,
@@ -179,12 +182,12 @@ class Settings:
            resend_interval: float | None = None,
            trusted: Iterable[str | Network] | None = None, allow_loopback: bool = False,
            send_rate: float = DEFAULT_RATE, burst: int = DEFAULT_BURST) -> Settings:
-        """Settings from user-level values (``trusted`` as strings); raises InvalidQuery."""
+        """Settings from user-level values (``trusted`` as strings); raises InvalidSetting."""
         if not isinstance(min_delay, int | float) or isinstance(min_delay, bool):
-            raise InvalidQuery(f"min_delay must be a number of seconds, not {min_delay!r}")
+            raise InvalidSetting(f"min_delay must be a number of seconds, not {min_delay!r}")
         if timeout is not None and (not isinstance(timeout, int | float)
                                     or isinstance(timeout, bool)):
-            raise InvalidQuery(f"timeout must be a number of seconds, not {timeout!r}")
+            raise InvalidSetting(f"timeout must be a number of seconds, not {timeout!r}")
         return cls(suffix, float(min_delay), None if timeout is None else float(timeout),
                    resend, resend_interval, parse_networks(trusted), bool(allow_loopback),
                    float(send_rate), burst)

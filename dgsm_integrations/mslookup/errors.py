@@ -1,15 +1,20 @@
-"""One small error hierarchy.
+r"""One small error hierarchy.
 
-Caller mistakes raise at once (:class:`InvalidQuery`); faults of remote peers never escape a
-lookup (they are logged, counted and ignored); OS errors while setting up sockets are wrapped
-in :class:`TransportError`. "Not found" is a value, never an exception.
+Caller mistakes raise at once, before anything is sent: a query that cannot be looked up
+(:class:`InvalidQuery`), a setting out of range (:class:`InvalidSetting`, also the project's
+:class:`~dgsm_integrations.errors.ConfigError`), an answer or record that cannot be built or
+served (:class:`InvalidAnswer`). Faults of remote peers never escape a lookup (they are
+logged, counted and ignored); OS errors while setting up sockets are wrapped in
+:class:`TransportError`. "Not found" is a value, never an exception. All of them are
+:class:`~dgsm_integrations.errors.DgsmError`\ s.
 """
 
 from __future__ import annotations
 
-from ..errors import DgsmError
+from ..errors import ConfigError, DgsmError
 
-__all__ = ["InvalidQuery", "MslookupError", "TransportError", "WireError"]
+__all__ = ["InvalidAnswer", "InvalidQuery", "InvalidSetting", "MslookupError", "TransportError",
+           "WireError"]
 
 
 class MslookupError(DgsmError):
@@ -18,6 +23,14 @@ class MslookupError(DgsmError):
 
 class InvalidQuery(MslookupError, ValueError):
     """The caller asked for something that cannot be looked up; nothing was sent."""
+
+
+class InvalidSetting(MslookupError, ConfigError):
+    """A resolver or responder setting is out of range (min-delay, resend, trusted, group)."""
+
+
+class InvalidAnswer(MslookupError, ValueError):
+    """An answer or a record to serve cannot be built (no endpoint, a bad address or age)."""
 
 
 class WireError(MslookupError, ValueError):

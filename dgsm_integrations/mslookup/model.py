@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 from functools import lru_cache
 
-from .errors import InvalidQuery
+from .errors import InvalidAnswer, InvalidSetting
 from .query import Query
 
 __all__ = ["Answer", "Endpoint", "Network", "Outcome", "Result", "parse_networks",
@@ -22,13 +22,13 @@ def parse_networks(trusted: Iterable[str | Network] | None) -> tuple[Network, ..
     if trusted is None:
         return None
     if isinstance(trusted, str | bytes):
-        raise InvalidQuery(f"trusted must be a list of networks, not the string {trusted!r}")
+        raise InvalidSetting(f"trusted must be a list of networks, not the string {trusted!r}")
     nets: list[Network] = []
     for item in trusted:
         try:
             nets.append(ipaddress.ip_network(item, strict=False))
         except (ValueError, TypeError):
-            raise InvalidQuery(f"invalid trusted network {item!r}") from None
+            raise InvalidSetting(f"invalid trusted network {item!r}") from None
     return tuple(nets)
 
 
@@ -54,10 +54,10 @@ class Endpoint:
         try:
             ip = ipaddress.ip_address(self.host)
         except ValueError:
-            raise InvalidQuery(f"invalid IP address {self.host!r}") from None
+            raise InvalidAnswer(f"invalid IP address {self.host!r}") from None
         object.__setattr__(self, "host", str(ip))
         if not isinstance(self.port, int) or not 0 <= self.port <= 65535:
-            raise InvalidQuery(f"invalid port {self.port!r}: need 0..65535")
+            raise InvalidAnswer(f"invalid port {self.port!r}: need 0..65535")
 
     @classmethod
     def trusted(cls, host: str, port: int) -> Endpoint:
@@ -92,13 +92,13 @@ class Answer:
 
     def __post_init__(self) -> None:
         if self.v4 is None and self.v6 is None:
-            raise InvalidQuery("an answer needs an IPv4 or an IPv6 endpoint")
+            raise InvalidAnswer("an answer needs an IPv4 or an IPv6 endpoint")
         if self.v4 is not None and self.v4.family != 4:
-            raise InvalidQuery(f"v4 endpoint {self.v4} is not IPv4")
+            raise InvalidAnswer(f"v4 endpoint {self.v4} is not IPv4")
         if self.v6 is not None and self.v6.family != 6:
-            raise InvalidQuery(f"v6 endpoint {self.v6} is not IPv6")
+            raise InvalidAnswer(f"v6 endpoint {self.v6} is not IPv6")
         if not 0 <= self.age <= 0xFFFFFFFF:
-            raise InvalidQuery(f"age {self.age} out of range")
+            raise InvalidAnswer(f"age {self.age} out of range")
 
 
 def unusable_reason(endpoint: Endpoint, *, allow_loopback: bool = False) -> str | None:

@@ -16,7 +16,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 from .._ratelimit import LogLimiter
-from .errors import InvalidQuery, TransportError, WireError
+from .errors import InvalidAnswer, TransportError, WireError
 from .model import Endpoint
 from .query import DEFAULT_SUFFIX, Query, as_query, validate_suffix
 from .transport import DEFAULT_GROUP_V4, DEFAULT_PORT, MulticastConfig, open_socket
@@ -41,30 +41,30 @@ class Record:
 
     def __post_init__(self) -> None:
         if self.v4 is None and self.v6 is None:
-            raise InvalidQuery("a record needs an IPv4 or an IPv6 endpoint")
+            raise InvalidAnswer("a record needs an IPv4 or an IPv6 endpoint")
         if not 0 <= self.age <= 0xFFFFFFFF:
-            raise InvalidQuery(f"age {self.age} out of range")
+            raise InvalidAnswer(f"age {self.age} out of range")
         if not 0 <= self.delay <= 60:
-            raise InvalidQuery(f"delay {self.delay} out of range 0..60 s")
+            raise InvalidAnswer(f"delay {self.delay} out of range 0..60 s")
 
     @classmethod
     def parse(cls, text: str) -> Record:
         """Parse ``AGE,IP:PORT[,[IPV6]:PORT]`` (e.g. ``5,10.9.8.7:5060,[fd00::7]:5060``)."""
         age_text, _, rest = text.partition(",")
         if not age_text.isdigit() or not rest:
-            raise InvalidQuery(f"invalid record {text!r}: need AGE,IP:PORT[,[IPV6]:PORT]")
+            raise InvalidAnswer(f"invalid record {text!r}: need AGE,IP:PORT[,[IPV6]:PORT]")
         v4: Endpoint | None = None
         v6: Endpoint | None = None
         for part in rest.split(","):
             m = _ENDPOINT.fullmatch(part.strip())
             if m is None:
-                raise InvalidQuery(f"invalid endpoint {part!r}: need IP:PORT or [IPV6]:PORT")
+                raise InvalidAnswer(f"invalid endpoint {part!r}: need IP:PORT or [IPV6]:PORT")
             if m.group("v6"):
                 v6 = Endpoint(m.group("v6"), int(m.group("p6")))
             else:
                 v4 = Endpoint(m.group("v4"), int(m.group("p4")))
         if (v4 is not None and v4.family != 4) or (v6 is not None and v6.family != 6):
-            raise InvalidQuery(f"invalid record {text!r}: address family mismatch")
+            raise InvalidAnswer(f"invalid record {text!r}: address family mismatch")
         return cls(int(age_text), v4, v6)
 
 

@@ -18,7 +18,7 @@ import socket
 import struct
 from dataclasses import dataclass
 
-from .errors import TransportError
+from .errors import InvalidSetting, TransportError
 
 __all__ = ["DEFAULT_GROUP_V4", "DEFAULT_GROUP_V6", "DEFAULT_PORT", "MulticastConfig",
            "local_source", "open_socket"]
@@ -45,14 +45,14 @@ class MulticastConfig:
         try:
             ip = ipaddress.ip_address(self.group)
         except ValueError:
-            raise TransportError(f"invalid multicast group {self.group!r}") from None
+            raise InvalidSetting(f"invalid multicast group {self.group!r}") from None
         if not ip.is_multicast:
-            raise TransportError(f"{self.group} is not a multicast address")
+            raise InvalidSetting(f"{self.group} is not a multicast address")
         object.__setattr__(self, "group", str(ip))
         if not 1 <= self.port <= 65535:
-            raise TransportError(f"invalid port {self.port}: need 1..65535")
+            raise InvalidSetting(f"invalid port {self.port}: need 1..65535")
         if not 0 <= self.ttl <= 255:
-            raise TransportError(f"invalid TTL {self.ttl}: need 0..255")
+            raise InvalidSetting(f"invalid TTL {self.ttl}: need 0..255")
 
     @property
     def family(self) -> socket.AddressFamily:

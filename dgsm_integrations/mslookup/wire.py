@@ -20,7 +20,7 @@ import re
 import struct
 from functools import lru_cache
 
-from .errors import InvalidQuery, WireError
+from .errors import InvalidAnswer, InvalidQuery, WireError
 from .model import Answer, Endpoint
 from .query import DEFAULT_SUFFIX, Query
 
@@ -79,13 +79,13 @@ def encode_answer(
 ) -> bytes:
     """An answer as OsmoHLR sends it: TXT age, [A, TXT port], [AAAA, TXT port]; TTL 0."""
     if v4 is None and v6 is None:
-        raise InvalidQuery("an answer needs an IPv4 or an IPv6 endpoint")
+        raise InvalidAnswer("an answer needs an IPv4 or an IPv6 endpoint")
     if not 0 <= age <= 0xFFFFFFFF:
-        raise InvalidQuery(f"age {age} out of range 0..4294967295")
+        raise InvalidAnswer(f"age {age} out of range 0..4294967295")
     if v4 is not None and v4.family != 4:
-        raise InvalidQuery(f"{v4} is not an IPv4 endpoint")
+        raise InvalidAnswer(f"{v4} is not an IPv4 endpoint")
     if v6 is not None and v6.family != 6:
-        raise InvalidQuery(f"{v6} is not an IPv6 endpoint")
+        raise InvalidAnswer(f"{v6} is not an IPv6 endpoint")
     from ._dnslib_answer import pack_answer  # dnslib only where answers are written
 
     return pack_answer(query.name(suffix), packet_id & 0xFFFF, age, v4, v6)
