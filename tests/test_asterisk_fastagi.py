@@ -19,8 +19,9 @@ from typing import Any, TypeVar
 
 import pytest
 
+from dgsm_integrations.asterisk.cli import build_parser
 from dgsm_integrations.asterisk.config import Config
-from dgsm_integrations.asterisk.fastagi import FastAgiServer, build_parser
+from dgsm_integrations.asterisk.fastagi import FastAgiServer
 from dgsm_integrations.lab.agi_peer import REPLY_511, USAGE_520, Exchange, converse, env_block
 from dgsm_integrations.mslookup import Endpoint, Query, Record, Responder
 
@@ -280,10 +281,10 @@ def test_200_simultaneous_sessions() -> None:
     run(body(), 120)
 
 
-def test_max_sessions_refuses_extra_calls() -> None:
+def test_max_calls_refuses_extra_calls() -> None:
     async def body() -> None:
         slow = {"sip.voice.1004.msisdn": Record(5, Endpoint("127.0.0.4", 5060))}
-        async with lab(slow, max_sessions=1, min_delay=0.5) as server:
+        async with lab(slow, max_calls=1, min_delay=0.5) as server:
             first = asyncio.create_task(call(server, ["1004"]))
             await until(lambda: server.active == 1)
             ex = await call(server, ["1001"])

@@ -245,7 +245,7 @@ def _unit(path: str) -> dict[str, str]:
 def test_units_give_the_servers_the_file_descriptors_they_need() -> None:
     """Regression: dgsm-fastagi.service inherited 1,024 fds for max-sessions 1,000 (plus
     backlog); every unit now states a limit with room for the default maxima."""
-    needs = {"asterisk/dgsm-fastagi.service": AgiConfig().max_sessions * 5 // 4 + 16,
+    needs = {"asterisk/dgsm-fastagi.service": AgiConfig().max_calls * 5 // 4 + 16,
              "freeswitch/dgsm-fs-esl.service": FsConfig().max_calls * 5 // 4 + 16,
              "esme/esme-dgsm.service": 1024}
     for path, need in needs.items():

@@ -18,6 +18,7 @@ from typing import Any, TypeVar
 
 import pytest
 
+from dgsm_integrations.freeswitch.cli import build_parser
 from dgsm_integrations.freeswitch.config import Config
 from dgsm_integrations.freeswitch.esl import (
     EslProtocolError,
@@ -28,7 +29,7 @@ from dgsm_integrations.freeswitch.esl import (
     sendmsg_hangup,
     url_decode,
 )
-from dgsm_integrations.freeswitch.server import EslServer, build_parser
+from dgsm_integrations.freeswitch.server import EslServer
 from dgsm_integrations.lab.esl_peer import (
     CallRecord,
     Script,
