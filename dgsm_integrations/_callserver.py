@@ -272,7 +272,7 @@ class CallServer(Generic[C, K]):
             call.ended = f"protocol-error({exc})"
         except DgsmError as exc:  # ours, but not the peer's fault: say so, end this call
             call.ended = f"error({type(exc).__name__}: {exc})"
-            self._limited.warning("error", "call from %s ended by %s: %s", call.peer,
+            self._limited.warning("error", "error in a call from %s: %s: %s", call.peer,
                                   type(exc).__name__, exc)
         except (ConnectionError, OSError) as exc:
             call.ended = f"connection-error({exc})"

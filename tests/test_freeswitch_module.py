@@ -211,6 +211,20 @@ def test_session_errors_still_end_the_call(fs: ConsoleLog) -> None:
     assert any(level == "err" for level, _ in fs.lines)
 
 
+def test_a_bug_while_deciding_still_hangs_up_with_the_error_cause(fs: ConsoleLog) -> None:
+    class Odd(RecordingSession):
+        def getVariable(self, name: str) -> str | None:
+            if name == "dgsm_profile":
+                raise RuntimeError("odd channel")
+            return super().getVariable(name)
+
+    session = Odd({"destination_number": "1001"})
+    run_action(session)  # fails before any lookup: no site needed
+    assert session.ending == ("hangup", "NORMAL_TEMPORARY_FAILURE")
+    [line] = [t for _, t in fs.lines if "result=error" in t]
+    assert "internal error: RuntimeError: odd channel" in line
+
+
 def test_200_calls_at_once_are_all_served_without_threads_per_call(fs: ConsoleLog) -> None:
     table = {f"sip.voice.{3000 + i}.msisdn": Record.parse(f"{i % 5 + 1},127.0.1.{i % 250 + 1}:5060")
              for i in range(200)}

@@ -43,7 +43,7 @@ from .agi import (
     set_variable,
 )
 from .config import AsteriskConfig
-from .routing import Verdict, log_text, one_line, parse_extension
+from .routing import Decision, log_text, one_line, parse_extension
 
 __all__ = ["AgiStats", "FastAgiServer", "ServerStats"]
 
@@ -156,7 +156,7 @@ class _Session:
 class _AgiCall(Call):
     session: _Session = field(kw_only=True)
     ext: str = "-"
-    verdict: Verdict | None = None
+    decision: Decision | None = None
     pump: asyncio.Task[None] | None = None
 
 
@@ -185,33 +185,33 @@ class FastAgiServer(CallServer[AsteriskConfig, _AgiCall]):
 
     def line(self, call: _AgiCall) -> str:
         total = asyncio.get_running_loop().time() - call.start
-        verdict = call.verdict
-        dial = dict(verdict.variables).get("DGSM_DIAL") if verdict else None
+        decision = call.decision
+        dial = dict(decision.variables).get("DGSM_DIAL") if decision else None
         return (f"call peer={call.peer} ext={call.ext} result={call.result}"
                 f"{f' dial={dial}' if dial else ''} agi={call.ended} "
                 f"lookup={call.lookup_s * 1000:.1f}ms total={total * 1000:.1f}ms "
                 f"added={(total - call.lookup_s) * 1000:.2f}ms"
-                f"{f' | {verdict.detail}' if verdict else ''}")
+                f"{f' | {decision.detail}' if decision else ''}")
 
     async def converse(self, call: _AgiCall) -> None:
         session = call.session
         env = await session.read_env()
         call.pump = asyncio.create_task(session.pump())
         try:
-            call.verdict = verdict = await self._lookup(call, env)
+            call.decision = decision = await self._lookup(call, env)
         except (_End, AgiProtocolError):
             raise
         except Exception as exc:  # a bug must still give the dialplan its error result
             self._limited.log(logging.ERROR, "bug", "internal error routing a call from %s",
                               call.peer, exc_info=exc)
-            call.verdict = verdict = self.config.routing.error(
+            call.decision = decision = self.config.routing.error(
                 f"internal error: {type(exc).__name__}")
-        call.result = verdict.result
+        call.result = decision.result
         call.pump.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await call.pump
         session.direct = True
-        call.ended = await self._write(session, verdict)
+        call.ended = await self._write(session, decision)
         if call.ended == "ok" and self.config.asterisk_log != "no":
             # the call's line into Asterisk's own log, after DGSM_RESULT: whatever happens
             # to it changes nothing for the call
@@ -224,7 +224,7 @@ class FastAgiServer(CallServer[AsteriskConfig, _AgiCall]):
             call.pump.cancel()
         call.protocol_error = call.protocol_error or call.session.protocol_error
 
-    async def _lookup(self, call: _AgiCall, env: AgiEnv) -> Verdict:
+    async def _lookup(self, call: _AgiCall, env: AgiEnv) -> Decision:
         session = call.session
         routing = self.config.routing
         extension = env.vars.get("extension")
@@ -264,7 +264,7 @@ class FastAgiServer(CallServer[AsteriskConfig, _AgiCall]):
             result = lookup.result()
         except MslookupError as exc:
             return routing.error(f"resolver: {exc}")
-        return routing.verdict(msisdn, result)
+        return routing.decide(msisdn, result)
 
     async def _early_event(self, session: _Session) -> None:
         event = await session.next_event()
@@ -273,8 +273,8 @@ class FastAgiServer(CallServer[AsteriskConfig, _AgiCall]):
             raise _End("HANGUP before the lookup")
         raise AgiProtocolError("a reply before any command")
 
-    async def _write(self, session: _Session, verdict: Verdict) -> str:
-        for name, value in verdict.variables:
+    async def _write(self, session: _Session, decision: Decision) -> str:
+        for name, value in decision.variables:
             reply = await session.command(set_variable(name, value))
             if reply.dead_channel:
                 self.stats.hangups += 1
