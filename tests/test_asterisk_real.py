@@ -33,7 +33,7 @@ from dgsm_integrations.lab.sip import CallResult, call
 
 from .peers import require_binary, require_sid_root
 
-pytestmark = pytest.mark.asterisk
+pytestmark = [pytest.mark.asterisk, pytest.mark.slow]
 
 MIN_DELAY = 0.3
 WAYS = ["fastagi", "script"]
