@@ -241,6 +241,7 @@ def test_511_and_510_stop_the_call() -> None:
     run(body())
 
 
+@pytest.mark.slow
 def test_silent_peer_is_cut_off_by_call_timeout() -> None:
     async def body() -> None:
         async with lab(call_timeout=0.6) as server:
@@ -262,6 +263,7 @@ def test_silent_peer_is_cut_off_by_call_timeout() -> None:
     run(body())
 
 
+@pytest.mark.slow
 def test_200_simultaneous_sessions() -> None:
     async def body() -> None:
         records = {f"sip.voice.{2000 + i}.msisdn": Record(i % 7, Endpoint("127.0.0.5", 5060 + i))
@@ -281,6 +283,7 @@ def test_200_simultaneous_sessions() -> None:
     run(body(), 120)
 
 
+@pytest.mark.slow
 def test_max_calls_refuses_extra_calls() -> None:
     async def body() -> None:
         slow = {"sip.voice.1004.msisdn": Record(5, Endpoint("127.0.0.4", 5060))}
@@ -304,6 +307,7 @@ def test_help_teaches() -> None:
         assert needle in text
 
 
+@pytest.mark.slow
 def test_sigterm_lets_the_call_finish_then_exits_0() -> None:
     async def body() -> None:
         slow = {"sip.voice.1004.msisdn": Record(5, Endpoint("127.0.0.4", 5060))}
@@ -407,6 +411,7 @@ def test_panoramisk_defect_hangup_line_shifts_replies() -> None:
     run(body())
 
 
+@pytest.mark.slow
 def test_panoramisk_defect_eof_before_blank_line_spins() -> None:
     """DEMONSTRATES A PANORAMISK 1.4 DEFECT: EOF before the blank line makes its handler loop
     on ``reader.read()`` returning b'' without ever yielding: the event loop freezes. Run in a

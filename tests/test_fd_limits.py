@@ -18,6 +18,8 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
+import pytest
+
 from dgsm_integrations.asterisk.config import Config as AgiConfig
 from dgsm_integrations.asterisk.fastagi import FastAgiServer
 from dgsm_integrations.freeswitch.config import Config as FsConfig
@@ -150,6 +152,7 @@ def test_esl_serves_a_call_through_an_idle_flood_with_few_fds() -> None:
     run(body())
 
 
+@pytest.mark.slow
 def test_a_silent_connection_is_closed_at_the_first_byte_deadline() -> None:
     async def body() -> None:
         async with Responder(TABLE, interface=LO, port=PORT, source="127.0.0.11"):

@@ -51,6 +51,7 @@ def _unit_paths(unit: Path) -> tuple[str, str]:
     return exec_start.group(1), doc.group(1)
 
 
+@pytest.mark.slow
 def test_the_unit_runs_and_documents_from_the_venv(prefix: Path) -> None:
     for unit in (ROOT / "freeswitch" / "dgsm-fs-esl.service",
                  prefix / SHARE / "dgsm-fs-esl.service"):

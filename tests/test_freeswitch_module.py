@@ -182,6 +182,7 @@ def test_missing_destination_is_invalid(fs: ConsoleLog) -> None:
     assert session.ending == ("hangup", "INVALID_NUMBER_FORMAT")
 
 
+@pytest.mark.slow
 def test_caller_hangs_up_during_the_lookup(fs: ConsoleLog) -> None:
     session = RecordingSession({"destination_number": "1004", "dgsm_min_delay": "0.5"})
 
@@ -225,6 +226,7 @@ def test_a_bug_while_deciding_still_hangs_up_with_the_error_cause(fs: ConsoleLog
     assert "internal error: RuntimeError: odd channel" in line
 
 
+@pytest.mark.slow
 def test_200_calls_at_once_are_all_served_without_threads_per_call(fs: ConsoleLog) -> None:
     table = {f"sip.voice.{3000 + i}.msisdn": Record.parse(f"{i % 5 + 1},127.0.1.{i % 250 + 1}:5060")
              for i in range(200)}
@@ -318,6 +320,7 @@ def test_found_call_is_logged_when_routed_not_when_the_bridge_ends(fs: ConsoleLo
     assert len([t for _, t in fs.lines if "dgsm: call" in t]) == 1  # one line per call
 
 
+@pytest.mark.slow
 def test_all_answers_untrusted_shows_in_the_call_line_and_the_api(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Issue 12 item 7, as a mod_python3 operator sees it (Python logging does not reach
