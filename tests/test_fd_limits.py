@@ -102,6 +102,7 @@ async def _idle(port: int, n: int) -> list[asyncio.StreamWriter]:
     return writers
 
 
+@pytest.mark.slow
 def test_fastagi_serves_a_call_through_an_idle_flood_with_few_fds() -> None:
     """Regression: 600 idle connections, 256 fds: 12,526 log lines, the real call failed."""
     _room_for_idle_clients()
@@ -129,6 +130,7 @@ def test_fastagi_serves_a_call_through_an_idle_flood_with_few_fds() -> None:
     run(body())
 
 
+@pytest.mark.slow
 def test_esl_serves_a_call_through_an_idle_flood_with_few_fds() -> None:
     _room_for_idle_clients()
 

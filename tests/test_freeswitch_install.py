@@ -22,6 +22,8 @@ from pathlib import Path
 
 import pytest
 
+pytestmark = pytest.mark.slow  # installs the package into a venv, runs its shim and unit
+
 ROOT = Path(__file__).resolve().parent.parent
 VENV = "/opt/dgsm-integrations"
 SHARE = "share/dgsm-integrations/freeswitch"
@@ -51,7 +53,6 @@ def _unit_paths(unit: Path) -> tuple[str, str]:
     return exec_start.group(1), doc.group(1)
 
 
-@pytest.mark.slow
 def test_the_unit_runs_and_documents_from_the_venv(prefix: Path) -> None:
     for unit in (ROOT / "freeswitch" / "dgsm-fs-esl.service",
                  prefix / SHARE / "dgsm-fs-esl.service"):
