@@ -19,7 +19,8 @@ from .mslookup.model import parse_networks
 from .mslookup.transport import MulticastConfig, local_source
 from .settings import ConfigError, read_config_file
 
-__all__ = ["Server", "add_mslookup_args", "run_daemon", "settings_from_args", "trust_problem"]
+__all__ = ["Server", "add_mslookup_args", "run_daemon", "server_parser", "settings_from_args",
+           "trust_problem"]
 
 class DaemonConfig(Protocol):
     """A config dataclass with the fields every daemon has."""
@@ -43,6 +44,29 @@ class Server(Protocol):
     def active(self) -> int: ...
     async def start(self) -> None: ...
     async def close(self, grace: float | None = None) -> None: ...
+
+
+def server_parser(prog: str, description: str, epilog: str, protocol: str, *, port: str,
+                  max_calls: str, call_timeout: str, first_byte: str
+                  ) -> tuple[argparse.ArgumentParser, argparse._ArgumentGroup]:
+    """The command line every call server starts from (the settings of
+    :class:`~dgsm_integrations.settings.CallServerOptions`); the help texts say what each
+    means for the protocol. Returns the parser and the ``protocol`` group, for its own flags.
+    """
+    p = argparse.ArgumentParser(prog=prog, description=description, epilog=epilog,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--config", metavar="FILE", help="read settings from FILE first")
+    p.add_argument("--check", action="store_true",
+                   help="print the effective settings and exit (0 if they are valid)")
+    g = p.add_argument_group(protocol)
+    g.add_argument("--listen", metavar="ADDR", help="address to listen on (127.0.0.1)")
+    g.add_argument("--listen-port", metavar="PORT", help=port)
+    g.add_argument("--max-calls", metavar="N", help=max_calls)
+    g.add_argument("--call-timeout", metavar="S", help=call_timeout)
+    g.add_argument("--first-byte-timeout", metavar="S", help=first_byte)
+    g.add_argument("--grace", metavar="S", help="on SIGTERM, wait this long for calls (5.0)")
+    g.add_argument("--log-level", help="debug, info (one line per call), warning, error")
+    return p, g
 
 
 def add_mslookup_args(p: argparse.ArgumentParser) -> None:

@@ -205,33 +205,33 @@ def _found(v4: str | None, v6: str | None, age: int = 3) -> Result:
 
 def test_verdict_found_v4_and_v6() -> None:
     r = Routing(endpoint="trunk-1")
-    v = r.verdict("1001", _found("10.0.0.2", "fd00::2"))
+    v = r.decide("1001", _found("10.0.0.2", "fd00::2"))
     assert v.result == "found" and v.variables[-1] == ("DGSM_RESULT", "found")
     assert dict(v.variables) == {
         "DGSM_DIAL": "PJSIP/trunk-1/sip:1001@10.0.0.2:5060", "DGSM_SIP_HOST": "10.0.0.2",
         "DGSM_SIP_PORT": "5060", "DGSM_AGE": "3", "DGSM_RESULT": "found"}
-    v6 = Routing(prefer_ipv6=True).verdict("1001", _found("10.0.0.2", "FD00:0::2"))
+    v6 = Routing(prefer_ipv6=True).decide("1001", _found("10.0.0.2", "FD00:0::2"))
     assert dict(v6.variables)["DGSM_DIAL"] == "PJSIP/dgsm/sip:1001@[fd00::2]:5061"
-    only6 = Routing().verdict("1001", _found(None, "fd00::7"))
+    only6 = Routing().decide("1001", _found(None, "fd00::7"))
     assert dict(only6.variables)["DGSM_SIP_HOST"] == "fd00::7"
 
 
 def test_verdict_failures_carry_causes() -> None:
     q = Query.parse("sip.voice.1001.msisdn")
     r = Routing()
-    assert r.verdict("1001", Result(q, Outcome.NOT_FOUND)).variables == (
+    assert r.decide("1001", Result(q, Outcome.NOT_FOUND)).variables == (
         ("DGSM_CAUSE", "1"), ("DGSM_RESULT", "not-found"))
-    assert r.verdict("1001", Result(q, Outcome.ERROR, reason="x")).variables == (
+    assert r.decide("1001", Result(q, Outcome.ERROR, reason="x")).variables == (
         ("DGSM_CAUSE", "34"), ("DGSM_RESULT", "error"))
     assert r.invalid("x").variables == (("DGSM_CAUSE", "28"), ("DGSM_RESULT", "invalid"))
     custom = Routing(cause_not_found=3, cause_error=42)
-    assert dict(custom.verdict("1001", Result(q, Outcome.NOT_FOUND)).variables)[
+    assert dict(custom.decide("1001", Result(q, Outcome.NOT_FOUND)).variables)[
         "DGSM_CAUSE"] == "3"
     # a port-0 answer cannot be dialled
     zero = Result(q, Outcome.FOUND, age=1, v4=Endpoint("10.0.0.2", 0))
-    assert r.verdict("1001", zero).result == "error"
+    assert r.decide("1001", zero).result == "error"
     # the mapping re-checks the MSISDN itself
-    assert r.verdict("1@x", _found("10.0.0.2", None)).result == "invalid"
+    assert r.decide("1@x", _found("10.0.0.2", None)).result == "invalid"
 
 
 @pytest.mark.parametrize("kw", [

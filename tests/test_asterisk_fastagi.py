@@ -19,8 +19,9 @@ from typing import Any, TypeVar
 
 import pytest
 
+from dgsm_integrations.asterisk.cli import build_parser
 from dgsm_integrations.asterisk.config import Config
-from dgsm_integrations.asterisk.fastagi import FastAgiServer, build_parser
+from dgsm_integrations.asterisk.fastagi import FastAgiServer
 from dgsm_integrations.lab.agi_peer import REPLY_511, USAGE_520, Exchange, converse, env_block
 from dgsm_integrations.mslookup import Endpoint, Query, Record, Responder
 
@@ -240,6 +241,7 @@ def test_511_and_510_stop_the_call() -> None:
     run(body())
 
 
+@pytest.mark.slow
 def test_silent_peer_is_cut_off_by_call_timeout() -> None:
     async def body() -> None:
         async with lab(call_timeout=0.6) as server:
@@ -261,6 +263,7 @@ def test_silent_peer_is_cut_off_by_call_timeout() -> None:
     run(body())
 
 
+@pytest.mark.slow
 def test_200_simultaneous_sessions() -> None:
     async def body() -> None:
         records = {f"sip.voice.{2000 + i}.msisdn": Record(i % 7, Endpoint("127.0.0.5", 5060 + i))
@@ -280,10 +283,11 @@ def test_200_simultaneous_sessions() -> None:
     run(body(), 120)
 
 
-def test_max_sessions_refuses_extra_calls() -> None:
+@pytest.mark.slow
+def test_max_calls_refuses_extra_calls() -> None:
     async def body() -> None:
         slow = {"sip.voice.1004.msisdn": Record(5, Endpoint("127.0.0.4", 5060))}
-        async with lab(slow, max_sessions=1, min_delay=0.5) as server:
+        async with lab(slow, max_calls=1, min_delay=0.5) as server:
             first = asyncio.create_task(call(server, ["1004"]))
             await until(lambda: server.active == 1)
             ex = await call(server, ["1001"])
@@ -303,6 +307,7 @@ def test_help_teaches() -> None:
         assert needle in text
 
 
+@pytest.mark.slow
 def test_sigterm_lets_the_call_finish_then_exits_0() -> None:
     async def body() -> None:
         slow = {"sip.voice.1004.msisdn": Record(5, Endpoint("127.0.0.4", 5060))}
@@ -406,6 +411,7 @@ def test_panoramisk_defect_hangup_line_shifts_replies() -> None:
     run(body())
 
 
+@pytest.mark.slow
 def test_panoramisk_defect_eof_before_blank_line_spins() -> None:
     """DEMONSTRATES A PANORAMISK 1.4 DEFECT: EOF before the blank line makes its handler loop
     on ``reader.read()`` returning b'' without ever yielding: the event loop freezes. Run in a

@@ -33,7 +33,7 @@ from dgsm_integrations.lab.sip import CallResult, call
 
 from .peers import require_binary, require_sid_root
 
-pytestmark = pytest.mark.asterisk
+pytestmark = [pytest.mark.asterisk, pytest.mark.slow]
 
 MIN_DELAY = 0.3
 WAYS = ["fastagi", "script"]
@@ -212,11 +212,11 @@ def test_fastagi_down_and_refusing_give_503(net: Net, alice: str) -> None:
         c = net.place("fastagi", alice)
         assert c.sip is not None and c.sip.code == 503, c
         assert net.asterisk_log(r"WARNING.*the AGI did not run \(AGISTATUS=FAILURE\)")
-        # at max-sessions the server closes the connection at once: AGISTATUS is SUCCESS,
+        # at max-calls the server closes the connection at once: AGISTATUS is SUCCESS,
         # but no DGSM_RESULT came, and the log says so (not "AGI failed: ...SUCCESS").
         # The one session is a call in progress (an idle connection would be dropped to
         # make room): a lookup of an unknown number that waits its whole 3 s min-delay.
-        net.s.start_fastagi(max_sessions=1, min_delay=3.0)
+        net.s.start_fastagi(max_calls=1, min_delay=3.0)
         b = net.lab["B"]
         with b.entered():
             hold = socket.create_connection((b.addr, FASTAGI_PORT), timeout=5)

@@ -98,6 +98,7 @@ def test_script_is_executable_and_light() -> None:
     assert out.stdout.strip() == "[]"
 
 
+@pytest.mark.slow
 def test_found_not_found_ipv6(tmp_path: Path) -> None:
     async def body() -> None:
         env = settings(tmp_path, "endpoint = trunk\n")
@@ -118,6 +119,7 @@ def test_found_not_found_ipv6(tmp_path: Path) -> None:
     run(body())
 
 
+@pytest.mark.slow
 def test_stripped_argument_is_not_dialled(tmp_path: Path) -> None:
     """Real Asterisk 22 for the extension 1"00"1: agi_arg_1 is 1001 (quotes stripped)."""
     async def body() -> None:
@@ -166,6 +168,7 @@ def test_sighup_mid_lookup_exits_at_once(tmp_path: Path) -> None:
     run(body())
 
 
+@pytest.mark.slow
 def test_hangup_line_and_dead_channel(tmp_path: Path) -> None:
     async def body() -> None:
         env = settings(tmp_path)
@@ -192,6 +195,7 @@ def test_garbage_reply(tmp_path: Path, bad: bytes) -> None:
     run(body())
 
 
+@pytest.mark.slow
 def test_eof_and_silence_are_bounded(tmp_path: Path) -> None:
     async def body() -> None:
         env = settings(tmp_path, "call-timeout = 0.8\n")

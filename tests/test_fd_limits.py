@@ -18,6 +18,8 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
+import pytest
+
 from dgsm_integrations.asterisk.config import Config as AgiConfig
 from dgsm_integrations.asterisk.fastagi import FastAgiServer
 from dgsm_integrations.freeswitch.config import Config as FsConfig
@@ -100,6 +102,7 @@ async def _idle(port: int, n: int) -> list[asyncio.StreamWriter]:
     return writers
 
 
+@pytest.mark.slow
 def test_fastagi_serves_a_call_through_an_idle_flood_with_few_fds() -> None:
     """Regression: 600 idle connections, 256 fds: 12,526 log lines, the real call failed."""
     _room_for_idle_clients()
@@ -127,6 +130,7 @@ def test_fastagi_serves_a_call_through_an_idle_flood_with_few_fds() -> None:
     run(body())
 
 
+@pytest.mark.slow
 def test_esl_serves_a_call_through_an_idle_flood_with_few_fds() -> None:
     _room_for_idle_clients()
 
@@ -150,6 +154,7 @@ def test_esl_serves_a_call_through_an_idle_flood_with_few_fds() -> None:
     run(body())
 
 
+@pytest.mark.slow
 def test_a_silent_connection_is_closed_at_the_first_byte_deadline() -> None:
     async def body() -> None:
         async with Responder(TABLE, interface=LO, port=PORT, source="127.0.0.11"):
@@ -245,7 +250,7 @@ def _unit(path: str) -> dict[str, str]:
 def test_units_give_the_servers_the_file_descriptors_they_need() -> None:
     """Regression: dgsm-fastagi.service inherited 1,024 fds for max-sessions 1,000 (plus
     backlog); every unit now states a limit with room for the default maxima."""
-    needs = {"asterisk/dgsm-fastagi.service": AgiConfig().max_sessions * 5 // 4 + 16,
+    needs = {"asterisk/dgsm-fastagi.service": AgiConfig().max_calls * 5 // 4 + 16,
              "freeswitch/dgsm-fs-esl.service": FsConfig().max_calls * 5 // 4 + 16,
              "esme/esme-dgsm.service": 1024}
     for path, need in needs.items():

@@ -18,6 +18,7 @@ from typing import Any, TypeVar
 
 import pytest
 
+from dgsm_integrations.freeswitch.cli import build_parser
 from dgsm_integrations.freeswitch.config import Config
 from dgsm_integrations.freeswitch.esl import (
     EslProtocolError,
@@ -28,7 +29,7 @@ from dgsm_integrations.freeswitch.esl import (
     sendmsg_hangup,
     url_decode,
 )
-from dgsm_integrations.freeswitch.server import EslServer, build_parser
+from dgsm_integrations.freeswitch.server import EslServer
 from dgsm_integrations.lab.esl_peer import (
     CallRecord,
     Script,
@@ -329,6 +330,7 @@ def test_freeswitch_dropping_the_connection_anywhere(drop_at: str) -> None:
     b"Content-Length: 10\nContent-Type: text/event-plain\n\n\x00\x01\x02 bad:",
     b"Content-Type: command/reply\n",  # and then silence: cut off by call-timeout
 ])
+@pytest.mark.slow
 def test_malformed_input_ends_only_that_connection(garbage: bytes) -> None:
     async def go() -> tuple[CallRecord, CallRecord, EslServer]:
         async with lab(call_timeout=0.5) as (server, _):
@@ -346,6 +348,7 @@ def test_malformed_input_ends_only_that_connection(garbage: bytes) -> None:
     assert server.active == 0 and server.stats.calls == 2
 
 
+@pytest.mark.slow
 def test_thousands_of_sequential_calls_do_not_leak() -> None:
     async def go() -> tuple[int, int, int, int, EslServer]:
         async with lab() as (server, _):
@@ -367,6 +370,7 @@ def test_thousands_of_sequential_calls_do_not_leak() -> None:
     assert server.stats.found + server.stats.invalid == 2050
 
 
+@pytest.mark.slow
 def test_200_simultaneous_calls_are_all_served() -> None:
     table = {f"sip.voice.{3000 + i}.msisdn": Record.parse(f"{i % 5 + 1},127.0.1.{i % 250 + 1}:5060")
              for i in range(200)}
@@ -408,6 +412,7 @@ def test_max_calls_refuses_extra_connections() -> None:
     assert refused.commands == [] and refused.closed_by_server
 
 
+@pytest.mark.slow
 def test_help_teaches() -> None:
     text = build_parser().format_help()
     for needle in ("socket", "async full", "UNALLOCATED_NUMBER", "NORMAL_TEMPORARY_FAILURE",

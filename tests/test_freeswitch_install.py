@@ -22,6 +22,8 @@ from pathlib import Path
 
 import pytest
 
+pytestmark = pytest.mark.slow  # installs the package into a venv, runs its shim and unit
+
 ROOT = Path(__file__).resolve().parent.parent
 VENV = "/opt/dgsm-integrations"
 SHARE = "share/dgsm-integrations/freeswitch"

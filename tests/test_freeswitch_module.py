@@ -182,6 +182,7 @@ def test_missing_destination_is_invalid(fs: ConsoleLog) -> None:
     assert session.ending == ("hangup", "INVALID_NUMBER_FORMAT")
 
 
+@pytest.mark.slow
 def test_caller_hangs_up_during_the_lookup(fs: ConsoleLog) -> None:
     session = RecordingSession({"destination_number": "1004", "dgsm_min_delay": "0.5"})
 
@@ -211,6 +212,21 @@ def test_session_errors_still_end_the_call(fs: ConsoleLog) -> None:
     assert any(level == "err" for level, _ in fs.lines)
 
 
+def test_a_bug_while_deciding_still_hangs_up_with_the_error_cause(fs: ConsoleLog) -> None:
+    class Odd(RecordingSession):
+        def getVariable(self, name: str) -> str | None:
+            if name == "dgsm_profile":
+                raise RuntimeError("odd channel")
+            return super().getVariable(name)
+
+    session = Odd({"destination_number": "1001"})
+    run_action(session)  # fails before any lookup: no site needed
+    assert session.ending == ("hangup", "NORMAL_TEMPORARY_FAILURE")
+    [line] = [t for _, t in fs.lines if "result=error" in t]
+    assert "internal error: RuntimeError: odd channel" in line
+
+
+@pytest.mark.slow
 def test_200_calls_at_once_are_all_served_without_threads_per_call(fs: ConsoleLog) -> None:
     table = {f"sip.voice.{3000 + i}.msisdn": Record.parse(f"{i % 5 + 1},127.0.1.{i % 250 + 1}:5060")
              for i in range(200)}
@@ -304,6 +320,7 @@ def test_found_call_is_logged_when_routed_not_when_the_bridge_ends(fs: ConsoleLo
     assert len([t for _, t in fs.lines if "dgsm: call" in t]) == 1  # one line per call
 
 
+@pytest.mark.slow
 def test_all_answers_untrusted_shows_in_the_call_line_and_the_api(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Issue 12 item 7, as a mod_python3 operator sees it (Python logging does not reach

@@ -48,7 +48,7 @@ if PREFIX is None:
     pytest.skip(f"real-FreeSWITCH tier not run: set {ENV}=<FreeSWITCH install prefix> "
                 "(docs/freeswitch.md, 'Checking an installation')", allow_module_level=True)
 
-pytestmark = pytest.mark.freeswitch
+pytestmark = [pytest.mark.freeswitch, pytest.mark.slow]
 T = TypeVar("T")
 
 WAYS = ["python", "esl"]

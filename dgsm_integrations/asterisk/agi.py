@@ -22,6 +22,8 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 
+from ..errors import DgsmError
+
 __all__ = [
     "MAX_ENV_LINES",
     "MAX_LINE",
@@ -49,7 +51,7 @@ _RESULT = re.compile(r"result=(-?[0-9]*)(?: \((.*?)\))?(?: (.*))?")
 _VARNAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,79}")
 
 
-class AgiProtocolError(Exception):
+class AgiProtocolError(DgsmError):
     """The peer broke the AGI protocol (or a limit): stop talking to it."""
 
 

@@ -23,19 +23,15 @@ log line (see :mod:`dgsm_integrations._listen`).
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import contextlib
 import logging
 import sys
-from collections.abc import Sequence
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field
 
-from dgsm_integrations.mslookup import AsyncResolver, InvalidQuery, MslookupError
+from dgsm_integrations.mslookup import InvalidQuery, MslookupError
 
-from .._daemon import add_mslookup_args, run_daemon
-from .._listen import Listener, connection_budget, start_stream_server
-from .._ratelimit import LogLimiter
+from .._callserver import Call, CallServer, ServerStats, _End, race
 from .agi import (
     AgiEnv,
     AgiProtocolError,
@@ -46,30 +42,19 @@ from .agi import (
     log_command,
     set_variable,
 )
-from .config import Config
-from .routing import Verdict, log_text, one_line, parse_extension
+from .config import AsteriskConfig
+from .routing import Decision, log_text, one_line, parse_extension
 
-__all__ = ["FastAgiServer", "ServerStats", "build_parser", "main"]
+__all__ = ["AgiStats", "FastAgiServer", "ServerStats"]
 
 log = logging.getLogger("dgsm.asterisk.fastagi")
 
 
 @dataclass
-class ServerStats:
-    """Counters (monotonic)."""
+class AgiStats(ServerStats):
+    """The call server's counters, and the calls Asterisk hung up before they were done."""
 
-    calls: int = 0
-    found: int = 0
-    not_found: int = 0
-    errors: int = 0
-    invalid: int = 0
     hangups: int = 0
-    timeouts: int = 0
-    protocol_errors: int = 0
-    busy: int = 0
-
-    def as_dict(self) -> dict[str, int]:
-        return {f.name: getattr(self, f.name) for f in fields(self)}
 
 
 class _Closed:
@@ -77,10 +62,6 @@ class _Closed:
 
     def __init__(self, reason: str) -> None:
         self.reason = reason
-
-
-class _End(Exception):
-    """End this call now; the message says why (for the log line)."""
 
 
 _Item = Reply | Hangup | _Closed
@@ -95,7 +76,6 @@ class _Session:
         self.protocol_error: str | None = None
         self.awaiting_reply = False
         self.direct = False  # True once the pump is stopped: next_event reads the socket
-        self.lookup_s = 0.0  # time spent in the lookup, also when a hangup cut it short
 
     async def read_env(self) -> AgiEnv:
         parser = EnvParser()
@@ -172,160 +152,85 @@ class _Session:
             return event
 
 
-class FastAgiServer:
-    """Serve FastAGI lookups on ``config.listen``:``config.listen_port``.
+@dataclass(eq=False)
+class _AgiCall(Call):
+    session: _Session = field(kw_only=True)
+    ext: str = "-"
+    decision: Decision | None = None
+    pump: asyncio.Task[None] | None = None
+
+
+class FastAgiServer(CallServer[AsteriskConfig, _AgiCall]):
+    """Serve FastAGI lookups on ``config.listen``:``config.listen_port``: the protocol part
+    of :class:`~dgsm_integrations._callserver.CallServer` (what one call says and does).
 
     ``resolver``: share an existing AsyncResolver (not closed by the server); by default the
     server makes one from the config and closes it on :meth:`close`.
     """
 
-    def __init__(self, config: Config, resolver: AsyncResolver | None = None) -> None:
-        self.config = config
-        self._own_resolver = resolver is None
-        self.resolver = resolver or AsyncResolver(**config.resolver_kwargs())
-        self.stats = ServerStats()
-        self._server: Listener | None = None
-        self._sessions: set[asyncio.Task[None]] = set()
-        self._limited = LogLimiter(log)
-        self.port: int | None = None
+    name = "dgsm-fastagi"
+    log = log
+    protocol_errors = (AgiProtocolError,)
+    stats: AgiStats
 
-    async def start(self) -> None:
-        await self.resolver.open()
-        self._server = await start_stream_server(
-            self._accept, self.config.listen, self.config.listen_port, name="dgsm-fastagi",
-            log=log, first_byte_timeout=min(self.config.first_byte_timeout,
-                                            self.config.call_timeout),
-            max_connections=connection_budget(_with_headroom(self.config.max_sessions),
-                                              f"max-sessions {self.config.max_sessions}",
-                                              log))
-        self.port = self._server.sockets[0].getsockname()[1]
-        log.info("dgsm-fastagi listening on %s:%s (route /%s, endpoint %s, resolver %s)",
-                 self.config.listen, self.port, self.config.route, self.config.endpoint,
-                 self.resolver.config.describe())
-        if self.config.trusted is None:
-            log.warning("no trusted networks: any host on the mslookup group can answer and "
-                        "have calls sent to the address it names; set trusted = <your mesh "
-                        "networks> in the config file")
+    def new_stats(self) -> AgiStats:
+        return AgiStats()
 
-    @property
-    def listener(self) -> Listener | None:
-        """The accepting side (its ``stats``: silent, evicted, refused, fd_exhausted)."""
-        return self._server
+    def describe(self) -> str:
+        return f"route /{self.config.route}, endpoint {self.config.endpoint}"
 
-    @property
-    def active(self) -> int:
-        return len(self._sessions)
+    def open_call(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
+                  peer: str, start: float, accepted: float) -> _AgiCall:
+        return _AgiCall(reader, writer, peer, start, accepted, session=_Session(reader, writer))
 
-    async def close(self, grace: float | None = None) -> None:
-        """Stop accepting, let calls in progress finish for ``grace`` s, end the rest."""
-        if self._server is not None:
-            self._server.close()
-        grace = self.config.grace if grace is None else grace
-        if self._sessions:
-            _, pending = await asyncio.wait(set(self._sessions), timeout=grace)
-            for task in pending:
-                task.cancel()
-            if pending:
-                await asyncio.wait(pending, timeout=2)
-        if self._server is not None:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._server.wait_closed(), 2)
-        if self._own_resolver:
-            await self.resolver.close()
+    def line(self, call: _AgiCall) -> str:
+        total = asyncio.get_running_loop().time() - call.start
+        decision = call.decision
+        dial = dict(decision.variables).get("DGSM_DIAL") if decision else None
+        return (f"call peer={call.peer} ext={call.ext} result={call.result}"
+                f"{f' dial={dial}' if dial else ''} agi={call.ended} "
+                f"lookup={call.lookup_s * 1000:.1f}ms total={total * 1000:.1f}ms "
+                f"added={(total - call.lookup_s) * 1000:.2f}ms"
+                f"{f' | {decision.detail}' if decision else ''}")
 
-    async def __aenter__(self) -> FastAgiServer:
-        await self.start()
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.close()
-
-    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        task = asyncio.current_task()
-        assert task is not None
-        if len(self._sessions) >= self.config.max_sessions:
-            self.stats.busy += 1
-            self._limited.warning("busy", "call refused: %d calls in progress (max-sessions)",
-                                  len(self._sessions))
-            writer.close()
-            return
-        self._sessions.add(task)
+    async def converse(self, call: _AgiCall) -> None:
+        session = call.session
+        env = await session.read_env()
+        call.pump = asyncio.create_task(session.pump())
         try:
-            await self._call(reader, writer)
-        finally:
-            self._sessions.discard(task)
-
-    async def _call(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        loop = asyncio.get_running_loop()
-        start = loop.time()
-        peer = writer.get_extra_info("peername")
-        session = _Session(reader, writer)
-        fields_: dict[str, str] = {"ext": "-", "result": "none"}
-        verdict: Verdict | None = None
-        pump: asyncio.Task[None] | None = None
-        self.stats.calls += 1
-
-        def line() -> str:
-            total = loop.time() - start
-            dial = dict(verdict.variables).get("DGSM_DIAL") if verdict else None
-            return (f"call peer={_peer(peer)} ext={fields_['ext']} result={fields_['result']}"
-                    f"{f' dial={dial}' if dial else ''} agi={fields_.get('agi', '-')} "
-                    f"lookup={session.lookup_s * 1000:.1f}ms total={total * 1000:.1f}ms "
-                    f"added={(total - session.lookup_s) * 1000:.2f}ms"
-                    f"{f' | {verdict.detail}' if verdict else ''}")
-        try:
-            async with asyncio.timeout(self.config.call_timeout):
-                env = await session.read_env()
-                pump = asyncio.create_task(session.pump())
-                verdict = await self._lookup(session, env, fields_)
-                fields_["result"] = verdict.result
-                pump.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await pump
-                session.direct = True
-                fields_["agi"] = await self._write(session, verdict)
-                if fields_["agi"] == "ok" and self.config.asterisk_log != "no":
-                    # the call's line into Asterisk's own log, after DGSM_RESULT: whatever
-                    # happens to it changes nothing for the call
-                    with contextlib.suppress(_End, AgiProtocolError, ConnectionError, OSError):
-                        await session.command(log_command(
-                            self.config.asterisk_log, one_line("dgsm-fastagi: " + line())))
-        except TimeoutError:
-            self.stats.timeouts += 1
-            fields_["agi"] = "call-timeout"
-        except AgiProtocolError as exc:
-            self.stats.protocol_errors += 1
-            fields_["agi"] = f"protocol-error({exc})"
-        except _End as exc:
-            if session.protocol_error:
-                self.stats.protocol_errors += 1
-            fields_["agi"] = f"ended({exc})"
-        except (ConnectionError, OSError) as exc:
-            fields_["agi"] = f"connection-error({exc})"
-        except asyncio.CancelledError:
-            fields_["agi"] = "cancelled(shutdown)"
+            call.decision = decision = await self._lookup(call, env)
+        except (_End, AgiProtocolError):
             raise
-        finally:
-            if pump is not None:
-                pump.cancel()
-            writer.close()
-            self._count(verdict)
-            log.info("%s", line())
+        except Exception as exc:  # a bug must still give the dialplan its error result
+            self._limited.log(logging.ERROR, "bug", "internal error routing a call from %s",
+                              call.peer, exc_info=exc)
+            call.decision = decision = self.config.routing.error(
+                f"internal error: {type(exc).__name__}")
+        call.result = decision.result
+        call.pump.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await call.pump
+        session.direct = True
+        call.ended = await self._write(session, decision)
+        if call.ended == "ok" and self.config.asterisk_log != "no":
+            # the call's line into Asterisk's own log, after DGSM_RESULT: whatever happens
+            # to it changes nothing for the call
+            with contextlib.suppress(_End, AgiProtocolError, ConnectionError, OSError):
+                await session.command(log_command(
+                    self.config.asterisk_log, one_line("dgsm-fastagi: " + self.line(call))))
 
-    def _count(self, verdict: Verdict | None) -> None:
-        if verdict is None:
-            return
-        name = {"found": "found", "not-found": "not_found", "error": "errors",
-                "invalid": "invalid"}[verdict.result]
-        setattr(self.stats, name, getattr(self.stats, name) + 1)
+    async def close_call(self, call: _AgiCall) -> None:
+        if call.pump is not None:
+            call.pump.cancel()
+        call.protocol_error = call.protocol_error or call.session.protocol_error
 
-    async def _lookup(self, session: _Session, env: AgiEnv,
-                      fields_: dict[str, str]) -> Verdict:
+    async def _lookup(self, call: _AgiCall, env: AgiEnv) -> Decision:
+        session = call.session
         routing = self.config.routing
         extension = env.vars.get("extension")
-        fields_["ext"] = log_text(extension) if extension is not None else "-"
+        call.ext = log_text(extension) if extension is not None else "-"
         if env.args and env.args != (extension,):
-            fields_["ext"] += " arg=" + ",".join(log_text(a) for a in env.args[:3])
+            call.ext += " arg=" + ",".join(log_text(a) for a in env.args[:3])
         script = env.network_script
         if script is None:
             raise AgiProtocolError("not a FastAGI request (no agi_network_script)")
@@ -347,29 +252,19 @@ class FastAgiServer:
             return routing.error(f"bad service: {exc}")
         if session.hung_up or not session.queue.empty():
             await self._early_event(session)
-        loop = asyncio.get_running_loop()
-        t0 = loop.time()
-        lookup = asyncio.ensure_future(self.resolver.resolve(q))
-        watch = asyncio.ensure_future(session.next_event())
-        try:
-            await asyncio.wait({lookup, watch}, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            session.lookup_s = loop.time() - t0
-            if not lookup.done():
-                lookup.cancel()
-                with contextlib.suppress(asyncio.CancelledError, MslookupError):
-                    await lookup
-            if not watch.done():
-                watch.cancel()
-                with contextlib.suppress(asyncio.CancelledError, _End):
-                    await watch
+        lookup, watch, call.lookup_s = await race(self.resolver.resolve(q),
+                                                  session.next_event())
         if watch.done() and not watch.cancelled():
             event = watch.result()  # raises _End on EOF / protocol error
             if isinstance(event, Hangup):
                 self.stats.hangups += 1
                 raise _End("HANGUP during the lookup")
             raise AgiProtocolError("a reply before any command")
-        return routing.verdict(msisdn, lookup.result())
+        try:
+            result = lookup.result()
+        except MslookupError as exc:
+            return routing.error(f"resolver: {exc}")
+        return routing.decide(msisdn, result)
 
     async def _early_event(self, session: _Session) -> None:
         event = await session.next_event()
@@ -378,8 +273,8 @@ class FastAgiServer:
             raise _End("HANGUP before the lookup")
         raise AgiProtocolError("a reply before any command")
 
-    async def _write(self, session: _Session, verdict: Verdict) -> str:
-        for name, value in verdict.variables:
+    async def _write(self, session: _Session, decision: Decision) -> str:
+        for name, value in decision.variables:
             reply = await session.command(set_variable(name, value))
             if reply.dead_channel:
                 self.stats.hangups += 1
@@ -392,95 +287,6 @@ class FastAgiServer:
         return "ok"
 
 
-def _with_headroom(calls: int) -> int:
-    """Connections to hold for ``calls`` calls: room for silent ones and refusals too."""
-    return calls + calls // 4 + 16
-
-
-def _peer(peer: object) -> str:
-    if isinstance(peer, tuple) and len(peer) >= 2:
-        return f"{peer[0]}:{peer[1]}"
-    return str(peer)
-
-
-# -- command line ------------------------------------------------------------------------
-
-_DESCRIPTION = """\
-FastAGI server for D-GSM: finds the site where a dialled MSISDN was seen most recently
-(mslookup over multicast DNS, like OsmoHLR) and hands the result to the Asterisk dialplan
-in channel variables. It only looks up; your dialplan does the Dial().
-
-In extensions.conf (the whole context, with its failure branches, is asterisk/extensions.conf):
-
-  exten => _X.,1,GotoIf($[${REGEX("^[0-9]{1,15}$" ${EXTEN})}]?lookup)
-   same => n,Hangup(28)
-   same => n(lookup),Set(DGSM_RESULT=)
-   same => n,AGI(agi://127.0.0.1:4573/dgsm?service=sip.voice)
-   same => n,GotoIf($["${DGSM_RESULT}" = "found"]?dial)
-   same => n,Hangup(${IF($["${DGSM_CAUSE}" = ""]?34:${DGSM_CAUSE})})
-   same => n(dial),Dial(${DGSM_DIAL},60)
-
-The number looked up is the extension Asterisk routed (agi_extension): anything but
-1-15 digits is "invalid" (Asterisk strips quotes and backslashes from AGI arguments, so an
-argument is only accepted when it is exactly that extension).
-
-Variables: DGSM_RESULT (found / not-found / error / invalid), DGSM_DIAL
-(PJSIP/<endpoint>/sip:<msisdn>@<ip>:<port>), DGSM_SIP_HOST, DGSM_SIP_PORT, DGSM_AGE,
-DGSM_CAUSE (Q.850 for Hangup(): 1 -> SIP 404, 34 -> 503, 28 -> 484).
-"""
-
-_EPILOG = """\
-settings: defaults < --config FILE (key = value lines, keys as the long options) < options.
-examples:
-  dgsm-fastagi --interface eth0 --endpoint dgsm-trunk
-  dgsm-fastagi --config /etc/dgsm-integrations/fastagi.conf --check
-  dgsm-fastagi --interface 127.0.0.1 --mdns-port 4266 --min-delay 0.5 --log-level debug
-Each call logs one line ("call peer=... ext=... result=... agi=... added=...ms"):
-  journalctl -u dgsm-fastagi | grep 'result=error'
-SIGTERM stops accepting calls, lets calls in progress finish (--grace), then exits 0.
-See docs/asterisk.md for the full guide.
-"""
-
-
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="dgsm-fastagi", description=_DESCRIPTION, epilog=_EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--config", metavar="FILE", help="read settings from FILE first")
-    p.add_argument("--check", action="store_true",
-                   help="print the effective settings and exit (0 if they are valid)")
-    g = p.add_argument_group("FastAGI")
-    g.add_argument("--listen", metavar="ADDR", help="address to listen on (127.0.0.1)")
-    g.add_argument("--listen-port", metavar="PORT", help="TCP port (4573, Asterisk's default)")
-    g.add_argument("--route", help="the script name in the agi:// URL (dgsm)")
-    g.add_argument("--max-sessions", metavar="N", help="calls served at once (1000)")
-    g.add_argument("--call-timeout", metavar="S",
-                   help="a call never takes longer than this, lookup included (5.0)")
-    g.add_argument("--first-byte-timeout", metavar="S",
-                   help="close a connection that sends no AGI environment this soon (2.0)")
-    g.add_argument("--grace", metavar="S", help="on SIGTERM, wait this long for calls (5.0)")
-    g.add_argument("--log-level", help="debug, info (one line per call), warning, error")
-    g.add_argument("--asterisk-log", metavar="notice|verbose|no",
-                   help="also send each call's line to Asterisk's own log: notice (Log(), "
-                        "lands in messages.log), verbose (consoles only), no (notice)")
-    r = p.add_argument_group("routing")
-    r.add_argument("--endpoint", help="PJSIP endpoint used in DGSM_DIAL (dgsm)")
-    r.add_argument("--service", help="mslookup service (sip.voice); ?service= overrides")
-    r.add_argument("--prefer-ipv6", metavar="yes|no",
-                   help="dial the IPv6 endpoint when a site gives both (no)")
-    r.add_argument("--cause-not-found", metavar="Q850", help="DGSM_CAUSE when not found (1)")
-    r.add_argument("--cause-error", metavar="Q850", help="DGSM_CAUSE when lookup fails (34)")
-    r.add_argument("--cause-invalid", metavar="Q850",
-                   help="DGSM_CAUSE for an extension that is no MSISDN (28)")
-    add_mslookup_args(p)
-    return p
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of the ``dgsm-fastagi`` console script."""
-    args = build_parser().parse_args(argv)
-    return run_daemon("dgsm-fastagi", args, Config.from_strings, FastAgiServer, log)
-
-
-if __name__ == "__main__":
+if __name__ == "__main__":  # python -m dgsm_integrations.asterisk.fastagi, as before
+    from .cli import main
     sys.exit(main())

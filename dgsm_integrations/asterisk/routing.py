@@ -23,8 +23,8 @@ __all__ = [
     "CAUSE_ERROR",
     "CAUSE_INVALID",
     "CAUSE_NOT_FOUND",
+    "Decision",
     "Routing",
-    "Verdict",
     "log_text",
     "one_line",
     "parse_extension",
@@ -79,7 +79,7 @@ def log_text(value: str, limit: int = 40) -> str:
 
 
 @dataclass(frozen=True, slots=True)
-class Verdict:
+class Decision:
     """What a call gets: the outcome word, the variables to set (DGSM_RESULT last), a log."""
 
     result: str
@@ -112,24 +112,24 @@ class Routing:
         """The lookup for a validated MSISDN (raises InvalidQuery for a bad service)."""
         return Query(service or self.service, msisdn, IdType.MSISDN)
 
-    def invalid(self, why: str) -> Verdict:
-        return Verdict("invalid", (("DGSM_CAUSE", str(self.cause_invalid)),
+    def invalid(self, why: str) -> Decision:
+        return Decision("invalid", (("DGSM_CAUSE", str(self.cause_invalid)),
                                    ("DGSM_RESULT", "invalid")), why)
 
-    def error(self, why: str) -> Verdict:
-        return Verdict("error", (("DGSM_CAUSE", str(self.cause_error)),
+    def error(self, why: str) -> Decision:
+        return Decision("error", (("DGSM_CAUSE", str(self.cause_error)),
                                  ("DGSM_RESULT", "error")), why)
 
     def _endpoint(self, result: Result) -> Endpoint | None:
         order = (result.v6, result.v4) if self.prefer_ipv6 else (result.v4, result.v6)
         return next((e for e in order if e is not None and e.port != 0), None)
 
-    def verdict(self, msisdn: str, result: Result) -> Verdict:
+    def decide(self, msisdn: str, result: Result) -> Decision:
         """Map a lookup result for ``msisdn`` to variables."""
         if not _MSISDN.fullmatch(msisdn):  # callers validate; never trust that here
             return self.invalid("extension is not 1-15 digits")
         if result.outcome is Outcome.NOT_FOUND:
-            return Verdict("not-found", (("DGSM_CAUSE", str(self.cause_not_found)),
+            return Decision("not-found", (("DGSM_CAUSE", str(self.cause_not_found)),
                                          ("DGSM_RESULT", "not-found")), result.describe())
         if result.outcome is not Outcome.FOUND:
             return self.error(result.describe())
@@ -142,7 +142,7 @@ class Routing:
             return self.error("answer with an invalid endpoint")
         host = f"[{ep.host}]" if ep.family == 6 else ep.host
         dial = f"PJSIP/{self.endpoint}/sip:{msisdn}@{host}:{ep.port}"
-        return Verdict("found", (
+        return Decision("found", (
             ("DGSM_DIAL", dial),
             ("DGSM_SIP_HOST", ep.host),
             ("DGSM_SIP_PORT", str(ep.port)),

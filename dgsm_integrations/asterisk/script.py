@@ -28,6 +28,7 @@ import syslog
 import time
 from types import FrameType
 
+from ..errors import DgsmError
 from ..mslookup import Outcome, Query, Result, TransportError
 from ..mslookup.blocking import Resolver
 from .agi import (
@@ -40,8 +41,8 @@ from .agi import (
     log_command,
     set_variable,
 )
-from .config import Config, ConfigError, config_from_environment
-from .routing import Routing, Verdict, log_text, one_line, parse_extension
+from .config import AsteriskConfig, ConfigError, config_from_environment
+from .routing import Decision, Routing, log_text, one_line, parse_extension
 
 __all__ = ["main"]
 
@@ -50,7 +51,7 @@ class _Stop(Exception):
     """End the call now (hangup signal, deadline, peer gone)."""
 
 
-def _lookup(query: Query, config: Config) -> Result:
+def _lookup(query: Query, config: AsteriskConfig) -> Result:
     """One lookup on the blocking driver: this process is its only caller, so it sends,
     waits in select() and reads by itself (no thread, no asyncio)."""
     try:
@@ -125,9 +126,9 @@ class _Pipe:
         return pending[0]
 
 
-def _write_vars(pipe: _Pipe, verdict: Verdict) -> str:
+def _write_vars(pipe: _Pipe, decision: Decision) -> str:
     """Send the variables; returns how it ended (``ok``, ``hangup``, ``dead``, ``rejected``)."""
-    for name, value in verdict.variables:
+    for name, value in decision.variables:
         reply = pipe.command(set_variable(name, value))
         if reply.dead_channel:
             return "dead"
@@ -138,12 +139,12 @@ def _write_vars(pipe: _Pipe, verdict: Verdict) -> str:
     return "ok"
 
 
-def run(config: Config, rfd: int = 0, wfd: int = 1) -> tuple[int, str]:
+def run(config: AsteriskConfig, rfd: int = 0, wfd: int = 1) -> tuple[int, str]:
     """One call. Returns (exit status, log line)."""
     start = time.monotonic()
     pipe = _Pipe(rfd, wfd, start + config.call_timeout)
     ext = "-"
-    verdict: Verdict | None = None
+    decision: Decision | None = None
     lookup_ms = 0.0
     ended = "none"
     try:
@@ -160,28 +161,35 @@ def run(config: Config, rfd: int = 0, wfd: int = 1) -> tuple[int, str]:
             ext += " arg=" + ",".join(log_text(a) for a in env.args[:3])
         msisdn, why = parse_extension(extension, env.args)
         if msisdn is None:
-            verdict = config.routing.invalid(why)
+            decision = config.routing.invalid(why)
         elif pipe.hung_up:
             raise _Stop("HANGUP before the lookup")
         else:
             t0 = time.monotonic()
             try:
-                result = _lookup(config.routing.query(msisdn), config)
+                decision = config.routing.decide(
+                    msisdn, _lookup(config.routing.query(msisdn), config))
+            except _Stop:
+                raise
+            except Exception as exc:  # a resolver fault or a bug: still the error result
+                decision = config.routing.error(f"internal error: {type(exc).__name__}: "
+                                                f"{str(exc)[:100]}")
             finally:
                 lookup_ms = (time.monotonic() - t0) * 1000
-            verdict = config.routing.verdict(msisdn, result)
-        ended = _write_vars(pipe, verdict)
+        ended = _write_vars(pipe, decision)
         status = 0
     except _Stop as exc:
         ended, status = f"stopped({exc})", 0
     except AgiProtocolError as exc:
         ended, status = f"protocol-error({exc})", 1
+    except DgsmError as exc:
+        ended, status = f"error({type(exc).__name__}: {exc})", 1
     total_ms = (time.monotonic() - start) * 1000
-    what = verdict.result if verdict else "none"
-    dial = dict(verdict.variables).get("DGSM_DIAL", "") if verdict else ""
+    what = decision.result if decision else "none"
+    dial = dict(decision.variables).get("DGSM_DIAL", "") if decision else ""
     line = (f"dgsm-agi: ext={ext} result={what}{' dial=' + dial if dial else ''} "
             f"agi={ended} lookup={lookup_ms:.1f}ms total={total_ms:.1f}ms"
-            f"{' | ' + verdict.detail if verdict else ''}")
+            f"{' | ' + decision.detail if decision else ''}")
     if ended == "ok" and config.asterisk_log != "no":
         # into Asterisk's own log, after DGSM_RESULT: a failure here changes nothing
         with contextlib.suppress(_Stop, AgiProtocolError):
@@ -206,7 +214,7 @@ def main() -> int:
     try:
         config = config_from_environment()
     except (ConfigError, OSError) as exc:
-        # still answer the call: an error verdict with the default causes
+        # still answer the call: the error decision with the default causes
         _log(f"dgsm-agi: bad settings: {exc}")
         config = _fallback_config()
         broken = True
@@ -222,16 +230,19 @@ def main() -> int:
     except _Stop as exc:  # the backstop timer fired outside run()'s own handling
         status = 0
         _log(f"dgsm-agi: stopped: {exc}")
+    except Exception as exc:  # a bug: one line in the logs, never a traceback to Asterisk
+        status = 1
+        _log(f"dgsm-agi: internal error: {type(exc).__name__}: {exc}")
     finally:
         signal.setitimer(signal.ITIMER_REAL, 0)
     return status
 
 
-def _fallback_config() -> Config:
-    return Config()
+def _fallback_config() -> AsteriskConfig:
+    return AsteriskConfig()
 
 
-def _error_only(config: Config) -> tuple[int, str]:
+def _error_only(config: AsteriskConfig) -> tuple[int, str]:
     pipe = _Pipe(0, 1, time.monotonic() + config.call_timeout)
     try:
         pipe.env()

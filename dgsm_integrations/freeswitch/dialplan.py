@@ -26,7 +26,7 @@ from dataclasses import dataclass, replace
 from typing import Protocol
 
 from ..mslookup import InvalidQuery, MslookupError, Query, Resolver
-from .config import Config, ConfigError, cached_config
+from .config import ConfigError, FreeswitchConfig, cached_config
 from .routing import Decision, decide, error, invalid, parse_destination, query_for
 
 __all__ = ["CallReport", "Session", "fsapi_text", "handle_call"]
@@ -64,11 +64,11 @@ def _printable(value: object, limit: int = 40) -> str:
     return repr(text[:limit])[1:-1]
 
 
-def _base_config() -> tuple[Config, str | None]:
+def _base_config() -> tuple[FreeswitchConfig, str | None]:
     try:
         return cached_config(), None
     except (ConfigError, OSError, UnicodeDecodeError) as exc:
-        return Config(), f"bad settings file: {exc}"
+        return FreeswitchConfig(), f"bad settings file: {exc}"
 
 
 def _decide(session: Session) -> tuple[Decision, float, str]:
@@ -117,7 +117,7 @@ def handle_call(session: Session, args: str, console_log: ConsoleLog) -> CallRep
     try:
         decision, lookup_s, shown = _decide(session)
     except Exception as exc:  # a bug must still end the call explicitly
-        decision = error(Config(), f"internal error: {type(exc).__name__}: {exc}")
+        decision = error(FreeswitchConfig(), f"internal error: {type(exc).__name__}: {exc}")
     if args:
         shown += f" args={_printable(args)}"
     outcome = decision.result
@@ -139,7 +139,7 @@ def handle_call(session: Session, args: str, console_log: ConsoleLog) -> CallRep
         _log(console_log, "err", f"dgsm: FreeSWITCH call failed: dest={shown} "
              f"{type(exc).__name__}: {exc}")
         with contextlib.suppress(Exception):  # nothing more we can do; already logged
-            session.hangup(Config().cause_error)
+            session.hangup(FreeswitchConfig().cause_error)
     if total is None:
         total = time.perf_counter() - t0
         _log_call(console_log, shown, outcome, decision, lookup_s, total)

@@ -29,6 +29,8 @@ import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
+from ..errors import DgsmError
+
 __all__ = [
     "EslProtocolError",
     "Message",
@@ -51,7 +53,7 @@ _PCT = re.compile(rb"%([0-9A-Fa-f]{2})")
 _CL_DIGITS = re.compile(r"[0-9]{1,9}")
 
 
-class EslProtocolError(ValueError):
+class EslProtocolError(DgsmError, ValueError):
     """The peer sent something that is not ESL framing."""
 
 

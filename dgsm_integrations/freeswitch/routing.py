@@ -24,7 +24,7 @@ import re
 from dataclasses import dataclass
 
 from ..mslookup import Endpoint, IdType, InvalidQuery, Outcome, Query, Result
-from .config import Config
+from .config import FreeswitchConfig
 
 __all__ = ["Decision", "decide", "dial_string", "error", "invalid", "parse_destination"]
 
@@ -75,11 +75,11 @@ def _hangup(result: str, cause: str, reason: str, lookup_s: float) -> Decision:
     ), reason)
 
 
-def invalid(config: Config, why: str) -> Decision:
+def invalid(config: FreeswitchConfig, why: str) -> Decision:
     return _hangup("invalid", config.cause_invalid, why, 0.0)
 
 
-def error(config: Config, why: str, lookup_s: float = 0.0) -> Decision:
+def error(config: FreeswitchConfig, why: str, lookup_s: float = 0.0) -> Decision:
     return _hangup("error", config.cause_error, why, lookup_s)
 
 
@@ -88,7 +88,7 @@ def _leg(profile: str, msisdn: str, ep: Endpoint) -> str:
     return f"sofia/{profile}/sip:{msisdn}@{host}:{ep.port}"
 
 
-def dial_string(config: Config, msisdn: str, result: Result) -> str | None:
+def dial_string(config: FreeswitchConfig, msisdn: str, result: Result) -> str | None:
     """The bridge dial string for a found result, or None if it names no usable endpoint."""
     if parse_destination(msisdn) is None:
         return None
@@ -115,7 +115,7 @@ def dial_string(config: Config, msisdn: str, result: Result) -> str | None:
     return prefix + "|".join(legs)
 
 
-def decide(config: Config, msisdn: str, result: Result, lookup_s: float) -> Decision:
+def decide(config: FreeswitchConfig, msisdn: str, result: Result, lookup_s: float) -> Decision:
     """Map a lookup result for ``msisdn`` to the call's decision."""
     if parse_destination(msisdn) is None:  # callers validate; never trust that here
         return invalid(config, "destination is not 1-15 digits")
@@ -144,6 +144,6 @@ def decide(config: Config, msisdn: str, result: Result, lookup_s: float) -> Deci
     ), result.describe())
 
 
-def query_for(config: Config, msisdn: str) -> Query:
+def query_for(config: FreeswitchConfig, msisdn: str) -> Query:
     """The lookup for a validated MSISDN."""
     return Query(config.service, msisdn, IdType.MSISDN)

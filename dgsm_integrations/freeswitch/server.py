@@ -26,22 +26,19 @@ descriptors pauses accepting with one log line (see :mod:`dgsm_integrations._lis
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import contextlib
 import logging
 import re
 import secrets
 import sys
-from collections.abc import Sequence
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field
+from typing import ClassVar
 
-from .._daemon import add_mslookup_args, run_daemon
-from .._listen import Listener, accepted_at, connection_budget, start_stream_server
-from .._ratelimit import LogLimiter
+from .._callserver import Call, CallServer, ServerStats, _End, race
 from ..mslookup import AsyncResolver, MslookupError
 from ..settings import ConfigError
-from .config import Config
+from .config import FreeswitchConfig
 from .esl import (
     EslProtocolError,
     Message,
@@ -53,7 +50,7 @@ from .esl import (
 )
 from .routing import Decision, decide, error, invalid, parse_destination, query_for
 
-__all__ = ["EslServer", "ServerStats", "build_parser", "main"]
+__all__ = ["EslServer", "EslStats", "ServerStats"]
 
 log = logging.getLogger("dgsm.freeswitch.esl")
 
@@ -63,26 +60,15 @@ _HANGUP_WAIT = 2.0
 
 
 @dataclass
-class ServerStats:
-    """Counters (monotonic)."""
+class EslStats(ServerStats):
+    """The call server's counters; ``gone``: the caller left before the call was routed;
+    ``dropped``: the connection ended before any routing result."""
 
-    calls: int = 0
-    found: int = 0
-    not_found: int = 0
-    errors: int = 0
-    invalid: int = 0
+    RESULTS: ClassVar[dict[str, str]] = {**ServerStats.RESULTS, "gone": "gone"}
+    UNRESOLVED: ClassVar[str | None] = "dropped"
+
     gone: int = 0
-    timeouts: int = 0
-    protocol_errors: int = 0
     dropped: int = 0
-    busy: int = 0
-
-    def as_dict(self) -> dict[str, int]:
-        return {f.name: getattr(self, f.name) for f in fields(self)}
-
-
-class _End(Exception):
-    """End this connection now; the message says why (for the log line)."""
 
 
 class _Conn:
@@ -170,13 +156,6 @@ class _Conn:
         return item
 
 
-def _peer(writer: asyncio.StreamWriter) -> str:
-    peer = writer.get_extra_info("peername")
-    if isinstance(peer, tuple) and len(peer) >= 2:
-        return f"{peer[0]}:{peer[1]}"
-    return str(peer)
-
-
 def _shown(value: object, limit: int = 40) -> str:
     text = value if isinstance(value, str) else "-"
     return repr(text[:limit])[1:-1]
@@ -187,174 +166,114 @@ def _variable(channel: Message, name: str) -> str | None:
     return None if value == "_undef_" else value  # how FreeSWITCH serializes ""
 
 
-class EslServer:
-    """Serve outbound ESL connections on ``config.listen``:``config.listen_port``.
+@dataclass(eq=False)
+class _EslCall(Call):
+    conn: _Conn = field(kw_only=True)
+    pump: asyncio.Task[None] | None = None
+    uuid: str = "-"
+    dest: str = "-"
+    decision: Decision | None = None
+    #: loop time the bridge or hangup was acknowledged; fs-wait: FreeSWITCH's part until then
+    acted: float | None = None
+    fs_wait: float = 0.0
+
+
+class EslServer(CallServer[FreeswitchConfig, _EslCall]):
+    """Serve outbound ESL connections on ``config.listen``:``config.listen_port``: the
+    protocol part of :class:`~dgsm_integrations._callserver.CallServer`.
 
     ``resolver``: share an existing AsyncResolver (not closed by the server); by default the
     server makes one from the config and closes it on :meth:`close`.
     """
 
-    def __init__(self, config: Config, resolver: AsyncResolver | None = None) -> None:
-        self.config = config
-        self._own_resolver = resolver is None
-        self.resolver = resolver or AsyncResolver(**config.resolver_kwargs(),
-                                                  min_delay=config.min_delay,
-                                                  timeout=config.timeout)
-        self.stats = ServerStats()
-        self._server: Listener | None = None
-        self._calls: set[asyncio.Task[None]] = set()
-        self._limited = LogLimiter(log)
-        self.port: int | None = None
+    name = "dgsm-fs-esl"
+    log = log
+    protocol_errors = (EslProtocolError,)
+    routed = "bridged"
+    stats: EslStats
+
+    def __init__(self, config: FreeswitchConfig, resolver: AsyncResolver | None = None) -> None:
+        super().__init__(config, resolver)
         #: the last reports, for tests and the benchmark: (result, lookup_s, added_s)
         self.reports: list[tuple[str, float, float]] = []
         self.keep_reports = 0
 
-    async def start(self) -> None:
-        await self.resolver.open()
-        # connect, myevents and linger leave the moment a connection is accepted (the
-        # listener's greeting); the reply to connect is the first byte we wait for
-        greeting = (b"connect\n\n" + command("myevents")
-                    + command(f"linger {self.config.linger}"))
-        self._server = await start_stream_server(
-            self._accept, self.config.listen, self.config.listen_port, name="dgsm-fs-esl",
-            log=log, greeting=greeting, admit=self._admit,
-            first_byte_timeout=min(self.config.first_byte_timeout, self.config.call_timeout),
-            # room beyond max-calls for connections not yet talking, and for refusals
-            max_connections=connection_budget(self.config.max_calls * 5 // 4 + 16,
-                                              f"max-calls {self.config.max_calls}", log))
-        self.port = self._server.sockets[0].getsockname()[1]
-        log.info("dgsm-fs-esl listening on %s:%s (profiles %s/%s, service %s, resolver %s)",
-                 self.config.listen, self.port, self.config.profile, self.config.profile_v6,
-                 self.config.service, self.resolver.config.describe())
-        if self.config.trusted is None:
-            log.warning("no trusted networks: any host on the mslookup group can answer and "
-                        "have calls bridged to the address it names; set trusted = <your "
-                        "mesh networks> in the config file")
+    def new_stats(self) -> EslStats:
+        return EslStats()
 
-    @property
-    def listener(self) -> Listener | None:
-        """The accepting side (its ``stats``: silent, evicted, refused, fd_exhausted)."""
-        return self._server
+    def greeting(self) -> bytes:
+        # connect, myevents and linger leave the moment a connection is accepted; the reply
+        # to connect is the first byte we wait for
+        return b"connect\n\n" + command("myevents") + command(f"linger {self.config.linger}")
 
-    @property
-    def active(self) -> int:
-        return len(self._calls)
+    def describe(self) -> str:
+        return (f"profiles {self.config.profile}/{self.config.profile_v6}, "
+                f"service {self.config.service}")
 
-    async def close(self, grace: float | None = None) -> None:
-        """Stop accepting, let calls being routed finish for ``grace`` s, end the rest."""
-        if self._server is not None:
-            self._server.close()
-        grace = self.config.grace if grace is None else grace
-        if self._calls:
-            _, pending = await asyncio.wait(set(self._calls), timeout=grace)
-            for task in pending:
-                task.cancel()
-            if pending:
-                await asyncio.wait(pending, timeout=2)
-        if self._server is not None:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._server.wait_closed(), 2)
-        if self._own_resolver:
-            await self.resolver.close()
-
-    async def __aenter__(self) -> EslServer:
-        await self.start()
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.close()
-
-    def _admit(self) -> bool:
-        """A new connection is refused before we send it anything when max-calls are busy."""
-        if len(self._calls) < self.config.max_calls:
-            return True
-        self.stats.busy += 1
-        self._limited.warning("busy", "call refused: %d calls in progress (max-calls)",
-                              len(self._calls))
-        return False
-
-    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        task = asyncio.current_task()
-        assert task is not None
-        if len(self._calls) >= self.config.max_calls:
-            self.stats.busy += 1
-            self._limited.warning("busy", "call refused: %d calls in progress (max-calls)",
-                                  len(self._calls))
-            writer.close()
-            return
-        self._calls.add(task)
-        try:
-            await self._call(reader, writer)
-        finally:
-            self._calls.discard(task)
-
-    async def _call(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        loop = asyncio.get_running_loop()
+    def open_call(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
+                  peer: str, start: float, accepted: float) -> _EslCall:
+        conn = _Conn(reader, writer)
         # from FreeSWITCH's connect: ``connect`` went out on accept, so the wait for its
         # reply (FreeSWITCH's, often the longest under load) is part of fs-wait
-        start = accepted_at.get(loop.time())
-        conn = _Conn(reader, writer)
-        conn.waited = loop.time() - start
-        pump = asyncio.create_task(conn.pump())
-        info: dict[str, str] = {"uuid": "-", "dest": "-", "esl": "-"}
-        decision: Decision | None = None
-        outcome = "none"
-        lookup_s = 0.0
-        acted = start
-        fs_wait = 0.0  # of ``added``: waiting for FreeSWITCH's replies (connect ... bridge)
-        self.stats.calls += 1
+        conn.waited = start - accepted
+        return _EslCall(reader, writer, peer, start, accepted, conn=conn,
+                        pump=asyncio.create_task(conn.pump()))
+
+    async def converse(self, call: _EslCall) -> None:
+        conn = call.conn
         try:
-            async with asyncio.timeout(self.config.call_timeout):
-                decision, lookup_s = await self._route(conn, info)
-                if decision is None:
-                    outcome = "gone"
-                    info["esl"] = f"gone({conn.done_reason})"
-                    return
-                outcome = decision.result
-                await self._act(conn, decision)
-                acted = loop.time()
-                fs_wait = conn.waited
-            info["esl"] = await self._finish(conn, decision)
-        except TimeoutError:
-            self.stats.timeouts += 1
-            info["esl"] = "call-timeout"
-        except _End as exc:
-            info["esl"] = f"ended({exc})"
-        except (ConnectionError, OSError) as exc:
-            info["esl"] = f"connection-error({exc})"
-        except asyncio.CancelledError:
-            info["esl"] = "cancelled(shutdown)"
+            decision = await self._route(call)
+        except (_End, EslProtocolError):
             raise
-        finally:
-            pump.cancel()
+        except Exception as exc:  # a bug must still end the call with the error cause
+            self._limited.log(logging.ERROR, "bug", "internal error routing a call from %s",
+                              call.peer, exc_info=exc)
+            decision = error(self.config, f"internal error: {type(exc).__name__}")
+        if decision is None:
+            call.result = "gone"
+            call.ended = f"gone({conn.done_reason})"
+            return
+        call.decision = decision
+        call.result = decision.result
+        await self._act(conn, decision)
+        call.acted = asyncio.get_running_loop().time()
+        call.fs_wait = conn.waited
+
+    async def follow(self, call: _EslCall) -> None:
+        if call.decision is not None and call.acted is not None:
+            call.ended = await self._finish(call.conn, call.decision)
+
+    async def close_call(self, call: _EslCall) -> None:
+        if call.pump is not None:
+            call.pump.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
-                await pump
-            if conn.protocol_error is not None:
-                self.stats.protocol_errors += 1
-            writer.close()
-            self._count(outcome)
-            end = loop.time()
-            added = ((acted if acted > start else end) - start) - lookup_s
-            if self.keep_reports:
-                self.reports.append((outcome, lookup_s, added))
-                del self.reports[:-self.keep_reports]
-            action = "-"
-            if decision is not None and outcome != "gone":
-                action = (f"bridge={decision.data}" if decision.action == "bridge"
-                          else f"hangup={decision.data}")
-            log.info("call peer=%s uuid=%s dest=%s result=%s %s esl=%s lookup=%.1fms "
-                     "added=%.2fms fs-wait=%.2fms total=%.1fms%s",
-                     _peer(writer), info["uuid"], info["dest"], outcome, action, info["esl"],
-                     lookup_s * 1000, added * 1000, fs_wait * 1000, (end - start) * 1000,
-                     f" | {_shown(decision.detail, 200)}" if decision else "")
+                await call.pump
+        call.protocol_error = call.protocol_error or call.conn.protocol_error
 
-    def _count(self, outcome: str) -> None:
-        name = {"found": "found", "not-found": "not_found", "error": "errors",
-                "invalid": "invalid", "gone": "gone"}.get(outcome, "dropped")
-        setattr(self.stats, name, getattr(self.stats, name) + 1)
+    def _added(self, call: _EslCall) -> float:
+        end = call.end if call.end is not None else asyncio.get_running_loop().time()
+        return (call.acted if call.acted is not None else end) - call.accepted - call.lookup_s
 
-    async def _route(self, conn: _Conn,
-                     info: dict[str, str]) -> tuple[Decision | None, float]:
+    def finished(self, call: _EslCall) -> None:
+        if self.keep_reports:
+            self.reports.append((call.result, call.lookup_s, self._added(call)))
+            del self.reports[:-self.keep_reports]
+
+    def line(self, call: _EslCall) -> str:
+        end = call.end if call.end is not None else asyncio.get_running_loop().time()
+        decision = call.decision
+        action = "-"
+        if decision is not None and call.result != "gone":
+            action = (f"bridge={decision.data}" if decision.action == "bridge"
+                      else f"hangup={decision.data}")
+        return (f"call peer={call.peer} uuid={call.uuid} dest={call.dest} result={call.result} "
+                f"{action} esl={call.ended} lookup={call.lookup_s * 1000:.1f}ms "
+                f"added={self._added(call) * 1000:.2f}ms fs-wait={call.fs_wait * 1000:.2f}ms "
+                f"total={(end - call.accepted) * 1000:.1f}ms"
+                f"{f' | {_shown(decision.detail, 200)}' if decision else ''}")
+
+    async def _route(self, call: _EslCall) -> Decision | None:
+        conn = call.conn
         # connect, myevents and linger were sent on accept (see start)
         raw = await conn.reply("connect")
         channel = raw.decoded()
@@ -365,16 +284,16 @@ class EslServer:
             if not reply.ok:
                 raise _End(f"{what} refused: {_shown(reply.reply_text, 60)}")
         uuid = channel.get("Unique-ID") or ""
-        info["uuid"] = uuid if _UUID.fullmatch(uuid) else "?"
+        call.uuid = uuid if _UUID.fullmatch(uuid) else "?"
         dest = channel.get("Caller-Destination-Number")
         if dest is None:
             dest = channel.get("Channel-Destination-Number")
-        info["dest"] = _shown(dest)
+        call.dest = _shown(dest)
         base = self.config
         try:
             config = base.with_channel(lambda name: _variable(channel, name))
         except ConfigError as exc:
-            return error(base, str(exc)), 0.0
+            return error(base, str(exc))
         # FreeSWITCH does not escape a '%' followed by two hex digits, so a dialled "%31001"
         # and "1001" arrive alike once decoded: digits need no escape, so any '%' in the raw
         # value means the number was not all digits.
@@ -383,40 +302,29 @@ class EslServer:
             raw_dest = raw.get("Channel-Destination-Number")
         escaped = "%" in (raw_dest or "")
         if escaped:
-            info["dest"] = _shown(raw_dest)  # as FreeSWITCH sent it
+            call.dest = _shown(raw_dest)  # as FreeSWITCH sent it
         msisdn = None if escaped else parse_destination(dest)
         if msisdn is None:
-            return invalid(config, "destination number is not 1-15 digits"), 0.0
+            return invalid(config, "destination number is not 1-15 digits")
         if conn.gone.is_set():
-            return None, 0.0
-        loop = asyncio.get_running_loop()
-        t0 = loop.time()
-        lookup = asyncio.ensure_future(self.resolver.resolve(
-            query_for(config, msisdn), min_delay=config.min_delay, timeout=config.timeout))
-        watch = asyncio.ensure_future(conn.gone.wait())
-        try:
-            await asyncio.wait({lookup, watch}, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            for task in (lookup, watch):
-                if not task.done():
-                    task.cancel()
-                    with contextlib.suppress(asyncio.CancelledError, MslookupError):
-                        await task
-        lookup_s = loop.time() - t0
+            return None
+        lookup, _, call.lookup_s = await race(self.resolver.resolve(
+            query_for(config, msisdn), min_delay=config.min_delay, timeout=config.timeout),
+            conn.gone.wait())
         if not lookup.done() or lookup.cancelled():
-            return None, lookup_s
+            return None
         try:
             result = lookup.result()
         except MslookupError as exc:
-            return error(config, f"resolver: {exc}", lookup_s), lookup_s
-        decision = decide(config, msisdn, result, lookup_s)
+            return error(config, f"resolver: {exc}", call.lookup_s)
+        decision = decide(config, msisdn, result, call.lookup_s)
         if decision.action == "bridge":
             decision = Decision(decision.result, decision.action, decision.data, (
                 ("continue_on_fail", "true" if config.continue_on_fail else "false"),
                 ("hangup_after_bridge", "true"),
                 ("originate_failed_cause", ""),
                 *decision.variables), decision.detail)
-        return decision, lookup_s
+        return decision
 
     async def _act(self, conn: _Conn, decision: Decision) -> None:
         if conn.gone.is_set():
@@ -470,89 +378,6 @@ class EslServer:
         return state
 
 
-# -- command line ------------------------------------------------------------------------
-
-_DESCRIPTION = """\
-Outbound event-socket (ESL) server for D-GSM: FreeSWITCH connects once per call; the server
-finds the site where the dialled MSISDN was seen most recently (mslookup over multicast
-DNS, like OsmoHLR) and tells FreeSWITCH to bridge the call there, or to hang up with a
-clear cause. For FreeSWITCH builds without mod_python3.
-
-In the dialplan (see freeswitch/dialplan/public.xml):
-
-  <action application="socket" data="127.0.0.1:8084 async full"/>
-  <action application="hangup" data="NORMAL_TEMPORARY_FAILURE"/>  <!-- server down -->
-
-Outcomes: found -> bridge sofia/<profile>/sip:<msisdn>@<ip>:<port> (IPv6 through
---profile-v6; both families: ordered failover with '|'); not found -> UNALLOCATED_NUMBER;
-lookup failed / timed out -> NORMAL_TEMPORARY_FAILURE; not 1-15 digits ->
-INVALID_NUMBER_FORMAT. Channel variables set: dgsm_result, dgsm_dial_string,
-dgsm_sip_host, dgsm_sip_port, dgsm_age, dgsm_site, dgsm_lookup_ms, dgsm_cause.
-A call may override per-call settings with dgsm_<setting> channel variables
-(dgsm_profile, dgsm_min_delay, dgsm_codec_string, ...).
-"""
-
-_EPILOG = """\
-settings: defaults < --config FILE (key = value lines, keys as the long options) < options.
-examples:
-  dgsm-fs-esl --interface eth0
-  dgsm-fs-esl --config /etc/dgsm-integrations/freeswitch.conf --check
-  dgsm-fs-esl --interface 127.0.0.1 --min-delay 0.5 --codec-string PCMA,PCMU --log-level debug
-Each call logs one line ("call peer=... uuid=... dest=... result=... esl=... added=...ms"):
-  journalctl -u dgsm-fs-esl | grep 'result=error'
-SIGTERM stops accepting calls, lets calls being routed finish (--grace), then exits 0.
-See docs/freeswitch.md for the full guide.
-"""
-
-
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="dgsm-fs-esl", description=_DESCRIPTION, epilog=_EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--config", metavar="FILE", help="read settings from FILE first")
-    p.add_argument("--check", action="store_true",
-                   help="print the effective settings and exit (0 if they are valid)")
-    g = p.add_argument_group("event socket")
-    g.add_argument("--listen", metavar="ADDR", help="address to listen on (127.0.0.1)")
-    g.add_argument("--listen-port", metavar="PORT",
-                   help="TCP port (8084, as in the socket action)")
-    g.add_argument("--max-calls", metavar="N", help="connections served at once (2000)")
-    g.add_argument("--call-timeout", metavar="S",
-                   help="from connect to bridge/hangup sent, lookup included (5.0)")
-    g.add_argument("--first-byte-timeout", metavar="S",
-                   help="close a connection that has not answered connect this soon (2.0)")
-    g.add_argument("--linger", metavar="S",
-                   help="ask FreeSWITCH to keep the socket this long after hangup (30)")
-    g.add_argument("--bridge-timeout", metavar="S",
-                   help="stop watching a bridged call after this long (14400)")
-    g.add_argument("--grace", metavar="S", help="on SIGTERM, wait this long for calls (5.0)")
-    g.add_argument("--log-level", help="debug, info (one line per call), warning, error")
-    r = p.add_argument_group("routing (per call also as dgsm_<name> channel variables)")
-    r.add_argument("--service", help="mslookup service (sip.voice)")
-    r.add_argument("--profile", help="sofia profile for IPv4 sites (external)")
-    r.add_argument("--profile-v6", help="sofia profile for IPv6 sites (external-ipv6)")
-    r.add_argument("--prefer-ipv6", metavar="yes|no", help="try IPv6 first (no)")
-    r.add_argument("--failover", metavar="yes|no",
-                   help="both families in the dial string, '|' separated (yes)")
-    r.add_argument("--codec-string", metavar="CODECS",
-                   help="B-leg absolute_codec_string, e.g. PCMA,PCMU (none)")
-    r.add_argument("--originate-timeout", metavar="S", help="B-leg originate_timeout (none)")
-    r.add_argument("--continue-on-fail", metavar="yes|no",
-                   help="on a failed bridge, go on in the dialplan instead of hanging up (no)")
-    r.add_argument("--cause-not-found", metavar="CAUSE", help="(UNALLOCATED_NUMBER)")
-    r.add_argument("--cause-error", metavar="CAUSE",
-                   help="lookup failed or timed out (NORMAL_TEMPORARY_FAILURE)")
-    r.add_argument("--cause-invalid", metavar="CAUSE",
-                   help="destination is not 1-15 digits (INVALID_NUMBER_FORMAT)")
-    add_mslookup_args(p)
-    return p
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of the ``dgsm-fs-esl`` console script."""
-    args = build_parser().parse_args(argv)
-    return run_daemon("dgsm-fs-esl", args, Config.from_strings, EslServer, log)
-
-
-if __name__ == "__main__":
+if __name__ == "__main__":  # python -m dgsm_integrations.freeswitch.server, as before
+    from .cli import main
     sys.exit(main())
