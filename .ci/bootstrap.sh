@@ -45,9 +45,18 @@ make_venv() {
         say "creating .venv"
         python3 -m venv .venv || die "python3 -m venv failed: sudo apt-get install python3-venv"
     fi
+    # an editable install follows the code by itself: pip runs again only when what it
+    # installs from changes (pyproject.toml, the extras, the interpreter)
+    local stamp
+    stamp="$extras $(.venv/bin/python -VV 2>&1 | head -1) $(sha1sum pyproject.toml | cut -c1-40)"
+    if [ "$(cat .venv/.dgsm-installed 2>/dev/null)" = "$stamp" ]; then
+        return 0
+    fi
     say "installing dgsm-integrations into .venv (pip install -e .[$extras])"
+    rm -f .venv/.dgsm-installed
     .venv/bin/python -m pip install -q --disable-pip-version-check -e ".[$extras]" \
         || die "pip install failed: check access to PyPI (pip config list) and retry"
+    printf '%s' "$stamp" >.venv/.dgsm-installed
 }
 
 # Run a command in a private network namespace: only lo, up, with multicast routed to it.
@@ -125,8 +134,17 @@ install_project_in_sid_root() {
     key=$(sid_checkout_key)
     venv="/opt/dgsm-integrations-$key"
     src="/opt/dgsm-src-$key"
+    local files=(pyproject.toml README.md dgsm_integrations docs tests asterisk freeswitch esme)
+    # the checkout's content, to skip the copy and the reinstall when nothing changed
+    local stamp
+    stamp=$(find "${files[@]}" -name __pycache__ -prune -o -type f -print0 | sort -z \
+            | xargs -0 sha1sum | sha1sum | cut -c1-40)
+    if [ -x "$SID_ROOT$venv/bin/python" ] && [ "$(cat "$SID_ROOT$src.stamp" 2>/dev/null)" = "$stamp" ]; then
+        return 0
+    fi
+    rm -f "$SID_ROOT$src.stamp"
     rm -rf "$SID_ROOT$src" && mkdir -p "$SID_ROOT$src"
-    cp -r pyproject.toml README.md dgsm_integrations docs tests asterisk freeswitch esme "$SID_ROOT$src/"
+    cp -r "${files[@]}" "$SID_ROOT$src/"
     find "$SID_ROOT$src" -name __pycache__ -prune -exec rm -rf {} +
     if [ ! -x "$SID_ROOT$venv/bin/python" ]; then
         { chroot "$SID_ROOT" python3 -m venv "$venv" &&
@@ -136,6 +154,7 @@ install_project_in_sid_root() {
     chroot "$SID_ROOT" "$venv/bin/python" -m pip install -q --no-deps --no-build-isolation \
         --force-reinstall --no-index "$src" >"$SID_ROOT$src.log" 2>&1 \
         || { tail -5 "$SID_ROOT$src.log" >&2; die "pip install of this checkout into the sid root failed (log: $SID_ROOT$src.log)"; }
+    printf '%s' "$stamp" >"$SID_ROOT$src.stamp"
 }
 
 provision_sid_root() {
