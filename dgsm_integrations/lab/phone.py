@@ -53,6 +53,9 @@ log = logging.getLogger("dgsm.lab.phone")
 
 SSN_BSSAP = 254
 SI_SCCP = 3
+#: M3UA network indicator: osmo-stp 2.3 discards DATA whose NI differs from its instance's
+#: (default international, 0); 1.6 did not look
+NI_INTERNATIONAL = 0
 MAX_M3UA = 4096  # our peers send a few hundred bytes at most; larger is refused
 T = M3UA.M3UATag
 
@@ -574,7 +577,8 @@ class LabPhone:
         prms.clear()
         prms.add_prm(T.RoutingContext, [self._rctx])
         prms.add_prm(T.ProtocolData, {"OPC": self.opc, "DPC": self.dpc, "SI": SI_SCCP,
-                                      "NI": 2, "MP": 0, "SLS": 0, "Data": bytes(sccp)})
+                                      "NI": NI_INTERNATIONAL, "MP": 0, "SLS": 0,
+                                      "Data": bytes(sccp)})
         self._send(msg.to_bytes())
 
     def _recv_sccp(self, deadline: float) -> _Sccp:
