@@ -162,3 +162,114 @@ def test_recipient_moves_home_mid_conversation_next_sms_follows_her(net: Net) ->
     assert net.alice.receive_sms(wait=10).text == "back at C"
     with pytest.raises(PhoneError):
         home.receive_sms(wait=0.5)
+
+
+def sms_rows(net: Net, village: str, text: bytes) -> list[dict[str, object]]:
+    """Rows of ``village``'s osmo-msc SMS database whose user data holds ``text`` (GSM 7-bit
+    is stored packed: compared unpacked)."""
+    from dgsm_integrations.lab.osmomsc import unpack_septets
+    msc = net.s.endpoints[village].msc
+    assert msc is not None
+    out = []
+    for row in msc.stored_sms():
+        data = bytes(row["user_data"] or b"")
+        if row["data_coding_scheme"] == 0:
+            data = unpack_septets(data, len(data) * 8 // 7)
+        if text in data:
+            out.append(row)
+    return out
+
+
+def test_cut_link_with_queue_accepted_then_delivered_once_after_restore(net: Net) -> None:
+    """--queue: the ESME answers ROK once the SMS is stored, so Bob's phone gets RP-ACK
+    while C is cut off; after the link returns the store's retry looks Alice up again and
+    delivers it: her phone gets it exactly once."""
+    net.s.use_queue(True)
+    try:
+        net.lab.cut("C")
+        try:
+            acked, cause, took = send(net, "stored for you")
+            store = net.s.esme_store
+            assert store is not None
+        finally:
+            net.lab.restore("C")
+        assert (acked, cause) == (True, None)  # accepted: durably stored at B
+        assert took < OSMO_MSC_DELIVER_SM_TIMEOUT, took
+        got = net.alice.receive_sms(wait=15)
+        assert (got.text, got.sender) == ("stored for you", BOB[1])
+        deadline = time.monotonic() + 5
+        while store.delivered < 1:  # the store records the delivery after the submit_sm_resp
+            assert time.monotonic() < deadline, "the store never recorded the delivery"
+            time.sleep(0.05)  # polling a counter: no event to await from here
+        assert store.delivered == 1
+        # exactly once: no second paging through two more retry periods, one row at C
+        with pytest.raises(PhoneError):
+            net.alice.receive_sms(wait=4 * net.s.queue_retry)
+        # and nothing left at C to deliver again (osmo-msc removes what it delivered)
+        assert [r for r in sms_rows(net, "C", b"stored for you") if r["sent"] is None] == []
+    finally:
+        net.s.use_queue(False)
+
+
+def test_recipient_switched_off_sms_waits_at_her_village_until_she_is_back(net: Net) -> None:
+    """IMSI DETACH at C. C's OsmoHLR keeps answering mslookup for her (1.5 and 1.9.4; with
+    osmo-msc 1.16 even after the Purge MS), so the ESME still submits to C, whose osmo-msc
+    accepts and stores it (Bob's phone gets RP-ACK) and does not page a detached phone.
+    When she switches on again at C, osmo-msc delivers what it holds."""
+    net.alice.imsi_detach()
+    found, _ = net.s.lookup(f"smpp.sms.{ALICE[1]}.msisdn", at="B")
+    assert found.found and str(found.v4) == f"{net.lab['C'].addr}:2775", found
+    assert send(net, "while you were off")[:2] == (True, None)
+    with pytest.raises(PhoneError):
+        net.alice.receive_sms(wait=2.0)  # not paged: osmo-msc knows she is detached
+    (row,) = sms_rows(net, "C", b"while you were off")
+    assert row["sent"] is None
+    net.s.attach_phone(net.alice)  # switched on again at C
+    got = net.alice.receive_sms(wait=15)
+    assert got.text == "while you were off"
+    # osmo-msc delivers it on the LU's own connection, right after LOCATION UPDATING ACCEPT
+    lu_at = max(i for i, line in enumerate(net.alice.trace) if "LOCATION UPDATING ACCEPT" in line)
+    assert "MSC -> phone  CP-DATA (RP-DATA, SMS-DELIVER from 1002)" in net.alice.trace[lu_at:]
+    if net.lab.distro.version("osmo-msc") == "1.9.0":
+        with pytest.raises(PhoneError):
+            net.alice.receive_sms(wait=2.0)  # once
+    else:
+        # osmo-msc 1.16 keeps it as not sent although her phone acknowledged it on the LU's
+        # connection, and delivers it again with the next SMS for her: a duplicate
+        (row,) = sms_rows(net, "C", b"while you were off")
+        assert row["sent"] is None, row
+        assert send(net, "after the duplicate")[:2] == (True, None)
+        texts = sorted(net.alice.receive_sms(wait=10).text for _ in range(2))
+        assert texts == ["after the duplicate", "while you were off"]
+
+
+def test_mt_refused_by_the_phone_is_delivered_again(net: Net) -> None:
+    """Alice's phone answers the SMS-DELIVER with RP-ERROR 22 (memory capacity exceeded):
+    Bob had his RP-ACK already (C accepted it); osmo-msc keeps the SMS as not sent (one
+    delivery attempt) and pages her again (measured: about 1 s later, both generations);
+    once her phone acknowledges, the SMS leaves C's database."""
+    assert send(net, "your memory is full")[:2] == (True, None)
+    got = net.alice.receive_sms(wait=10, refuse=22)
+    assert got.text == "your memory is full" and got.refused == 22
+    assert "phone -> MSC  CP-ACK; CP-DATA (RP-ERROR cause 22)" in net.alice.trace
+    (row,) = sms_rows(net, "C", b"your memory is full")
+    assert row["sent"] is None and row["deliver_attempts"] == 1, row
+    again = net.alice.receive_sms(wait=10)
+    assert (again.text, again.user_data, again.refused) == (
+        "your memory is full", got.user_data, None)
+    assert sms_rows(net, "C", b"your memory is full") == []
+
+
+def test_status_report_requested_by_bob_comes_back_to_his_phone(net: Net) -> None:
+    """TP-SRR set: once Alice's phone has acknowledged, C's osmo-msc makes a status report
+    for Bob; it leaves C through C's ESME (deliver_sm, esm_class delivery receipt), which
+    looks Bob up and submits it to B's osmo-msc, which pages Bob's phone with an
+    SMS-STATUS-REPORT: his TP-MR, Alice's number, status 0 (received by the SME)."""
+    ref = next(_ref) % 256
+    res = net.bob.send_sms(ALICE[1], "report please", rp_ref=ref, tp_ref=ref,
+                           status_report=True)
+    assert res.acked
+    assert net.alice.receive_sms(wait=10).text == "report please"
+    report = net.bob.receive_sms(wait=10)
+    assert (report.report, report.sender, report.status) == (ref, ALICE[1], 0), report
+    assert report.tpdu[0] & 0x03 == 2  # TP-MTI: SMS-STATUS-REPORT

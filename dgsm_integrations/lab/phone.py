@@ -420,6 +420,14 @@ class LabPhone:
                     self.trace.append("phone -> MSC  TMSI REALLOCATION COMPLETE")
             elif name == "MMInformation":
                 continue
+            elif name == "MMIdentityRequest":
+                self._identity_response(conn, nas)
+            elif name == "CP_DATA":
+                # osmo-msc delivers what it holds for us on the LU's connection, right after
+                # the accept: kept for the next receive_sms()
+                self.pending.append(self._take_mt_sms(conn, nas, None))
+            elif name == "CP_ACK":
+                continue
             else:
                 raise PhoneError(f"unexpected {name} during Location Updating")
 
@@ -547,32 +555,36 @@ class LabPhone:
                 continue
             if name != "CP_DATA":
                 raise PhoneError(f"unexpected {name} during an MT SMS")
-            rpdu = bytes(nas["CPUserData"].to_bytes())[1:]  # the LV's value: RP-DATA (MT)
-            sms = self._rp_data_mt(rpdu)
-            tio = nas["CPHeader"]["TIPD"]["TIO"].get_val()
-            ack = PPSMS.CP_ACK()
-            ack["CPHeader"]["TIPD"]["TIFlag"].set_val(1)  # the MSC allocated this transaction
-            ack["CPHeader"]["TIPD"]["TIO"].set_val(tio)
-            self._send_dt1(conn, _dtap(bytes(ack.to_bytes()), sapi=3))
-            if refuse is None:
-                answer = bytes(PPSMS.RP_ACK_MO(val={"Ref": sms.rp_ref}).to_bytes())
-                what = "RP-ACK"
-            else:
-                if not 0 < refuse < 128:
-                    raise LabError(f"bad RP cause {refuse}")
-                # RP-ERROR (MS to network, MTI 4): reference, cause IE (length 1, value)
-                answer = bytes([0x04, sms.rp_ref, 1, refuse])
-                what = f"RP-ERROR cause {refuse}"
-                sms = dataclasses.replace(sms, refused=refuse)
-            got.append(sms)
-            kind_of = "SMS-STATUS-REPORT" if sms.report is not None else "SMS-DELIVER"
-            self.trace[-1] += f" (RP-DATA, {kind_of} from {sms.sender})"
-            cp = PPSMS.CP_DATA()
-            cp["CPHeader"]["TIPD"]["TIFlag"].set_val(1)
-            cp["CPHeader"]["TIPD"]["TIO"].set_val(tio)
-            cp["CPUserData"].from_bytes(bytes([len(answer)]) + answer)
-            self._send_dt1(conn, _dtap(bytes(cp.to_bytes()), sapi=3))
-            self.trace.append(f"phone -> MSC  CP-ACK; CP-DATA ({what})")
+            got.append(self._take_mt_sms(conn, nas, refuse))
+
+    def _take_mt_sms(self, conn: int, nas: Any, refuse: int | None) -> ReceivedSms:
+        """CP-DATA with RP-DATA from the MSC: answered CP-ACK, then RP-ACK or RP-ERROR."""
+        rpdu = bytes(nas["CPUserData"].to_bytes())[1:]  # the LV's value: RP-DATA (MT)
+        sms = self._rp_data_mt(rpdu)
+        tio = nas["CPHeader"]["TIPD"]["TIO"].get_val()
+        ack = PPSMS.CP_ACK()
+        ack["CPHeader"]["TIPD"]["TIFlag"].set_val(1)  # the MSC allocated this transaction
+        ack["CPHeader"]["TIPD"]["TIO"].set_val(tio)
+        self._send_dt1(conn, _dtap(bytes(ack.to_bytes()), sapi=3))
+        if refuse is None:
+            answer = bytes(PPSMS.RP_ACK_MO(val={"Ref": sms.rp_ref}).to_bytes())
+            what = "RP-ACK"
+        else:
+            if not 0 < refuse < 128:
+                raise LabError(f"bad RP cause {refuse}")
+            # RP-ERROR (MS to network, MTI 4): reference, cause IE (length 1, value)
+            answer = bytes([0x04, sms.rp_ref, 1, refuse])
+            what = f"RP-ERROR cause {refuse}"
+            sms = dataclasses.replace(sms, refused=refuse)
+        kind_of = "SMS-STATUS-REPORT" if sms.report is not None else "SMS-DELIVER"
+        self.trace[-1] += f" (RP-DATA, {kind_of} from {sms.sender})"
+        cp = PPSMS.CP_DATA()
+        cp["CPHeader"]["TIPD"]["TIFlag"].set_val(1)
+        cp["CPHeader"]["TIPD"]["TIO"].set_val(tio)
+        cp["CPUserData"].from_bytes(bytes([len(answer)]) + answer)
+        self._send_dt1(conn, _dtap(bytes(cp.to_bytes()), sapi=3))
+        self.trace.append(f"phone -> MSC  CP-ACK; CP-DATA ({what})")
+        return sms
 
     @staticmethod
     def _rp_data_mt(rpdu: bytes) -> ReceivedSms:
@@ -605,6 +617,20 @@ class LabPhone:
 
     # -- MM helpers ------------------------------------------------------------------------
 
+    def _identity_response(self, conn: int, request: Any) -> None:
+        """IDENTITY REQUEST (TS 24.008 9.2.10) for our IMSI: answered with it (osmo-msc asks
+        when it does not know the TMSI the phone used, e.g. after an IMSI detach)."""
+        kind = int(request["IDType"]["V"].get_val())
+        if kind != 1:
+            raise PhoneError(f"IDENTITY REQUEST for identity type {kind}: only IMSI is known")
+        ident = ID()
+        ident.encode(1, self.imsi)
+        raw = bytes(ident.to_bytes())
+        resp = MM.MMIdentityResponse()
+        resp["ID"].from_bytes(bytes([len(raw)]) + raw)
+        self._send_dt1(conn, _dtap(self._seq(resp)))
+        self.trace.append("phone -> MSC  IDENTITY RESPONSE (IMSI)")
+
     def _identity(self) -> bytes:
         """Mobile identity (TS 24.008 10.5.1.4) as LV: the TMSI once we have one."""
         ident = ID()
@@ -617,7 +643,10 @@ class LabPhone:
 
     def _seq(self, nas: Any) -> bytes:
         nas["MMHeader"]["Seqn"].set_val(self._nsd)
-        self._nsd = (self._nsd + 1) % 4
+        # modulo 2: our classmark says phase 2 (revision level 1), and for such a phone
+        # TS 24.007 11.2.3.2.3 counts N(SD) in one bit; osmo-msc 1.16 rejects a message type
+        # with bit 8 set ("MSG 0x9b not defined for PD"), 1.9 did not look
+        self._nsd = (self._nsd + 1) % 2
         return bytes(nas.to_bytes())
 
     @staticmethod
@@ -755,6 +784,7 @@ class LabPhone:
                  "MMCMServiceRequest": "CM SERVICE REQUEST",
                  "RRPagingResponse": "PAGING RESPONSE",
                  "MMCMServiceAccept": "CM SERVICE ACCEPT", "CP_ACK": "CP-ACK",
+                 "MMIdentityRequest": "IDENTITY REQUEST",
                  "CP_DATA": "CP-DATA", "CP_ERROR": "CP-ERROR"}
         return words.get(name, name)
 

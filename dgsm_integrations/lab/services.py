@@ -406,7 +406,9 @@ class Services:
         """A phone at the caller's village sends an SMS: its OsmoMSC hands it to the ESME as
         deliver_sm; the deliver_sm_resp status (None: none within 5 s, like osmo-msc)."""
         msc = self.endpoints[self.home].smsc
-        assert msc is not None
+        if msc is None:
+            raise LabError("the caller's village runs a real osmo-msc (phones): send SMS "
+                           "from a phone (Services.phone) instead")
         fields = mo_sms(src, dst, text.encode("ascii", "replace"))
         return self.village.loop.run(msc.deliver(fields), 10)
 
@@ -462,3 +464,34 @@ class Services:
                 log.info("phone %s: LU attempt %d failed (%s), repeating it", phone.imsi,
                          attempt, str(exc).splitlines()[0])
         raise AssertionError("unreachable")
+
+    def use_queue(self, on: bool) -> None:
+        """Store-and-forward at the caller's village's ESME (``--queue``) on or off: with it,
+        an SMS it cannot deliver now is accepted once durably stored (``esme-queue.db`` in
+        the village) and retried from ``queue_retry`` s, looking the recipient up again."""
+        v = self.village
+        esme = self.endpoints[v.name].esme
+        if esme is None:
+            raise LabError("the ESME is not running")
+        mine = [item for item in self._stacks
+                if item[0] is v and isinstance(item[1], contextlib.AsyncExitStack)]
+        if on and not mine:
+            async def attach() -> None:
+                from ..esme.store import Store
+                stack = contextlib.AsyncExitStack()
+                store = Store(str(v.workdir / "esme-queue.db"), retry_min=self.queue_retry,
+                              retry_max=2 * self.queue_retry)
+                await stack.enter_async_context(store.attach(esme))
+                self._stacks.append((v, stack))
+            v.loop.run(attach(), 15)
+        elif not on and mine:
+            for item in mine:
+                self._stacks.remove(item)
+                v.loop.run(item[1].aclose(), 15)
+        self.queue = on
+
+    @property
+    def esme_store(self) -> Any:
+        """The caller's ESME's store (None without ``--queue``)."""
+        esme = self.endpoints[self.home].esme
+        return None if esme is None else esme.store
