@@ -80,11 +80,17 @@ in_private_netns() {
 # (/opt/dgsm-integrations-<key>), for the AGI script Asterisk runs with sid's Python. The
 # tests run the root's programs through chroot (dgsm_integrations/lab/distro.py).
 SID_ROOT=${DGSM_SID_ROOT:-/var/cache/dgsm-integrations/sid-root}
-SID_PACKAGES="asterisk osmo-hlr osmo-mslookup-utils osmo-msc python3 python3-venv ca-certificates"
+# The stamp names the package set a root was first made with; packages added to the list
+# later (SID_PACKAGES_ADDED) are installed into an existing root instead (seconds, not a new
+# root: this keeps roots that CI machines cache, and checkouts of older commits that share
+# the root, which still write and expect the v1 stamp)
+SID_PACKAGES_V1="asterisk osmo-hlr osmo-mslookup-utils osmo-msc python3 python3-venv ca-certificates"
+SID_PACKAGES_ADDED="osmo-stp"
+SID_PACKAGES="$SID_PACKAGES_V1 $SID_PACKAGES_ADDED"
 # the project's dependencies, and what tests/test_python_next.py runs its unit tests with
 SID_PIP="dnslib>=0.9.23 smpplib>=2.2.4 setuptools>=64 pytest>=7.4 pytest-timeout>=2.1 hypothesis>=6.80"
 SID_STAMP_FILE=.dgsm-root-packages
-SID_STAMP="v1 | $SID_PACKAGES"
+SID_STAMP="v1 | $SID_PACKAGES_V1"
 SID_APT=(-o Acquire::Check-Valid-Until=false -o APT::Install-Recommends=false -qq)
 
 debian_mirror() {
@@ -119,6 +125,32 @@ make_sid_root() {
     [ "$rc" -eq 0 ] || { tail -5 "$new.log" >&2; die "installing packages into the sid root failed (log: $new.log)"; }
     printf '%s\n' "$SID_STAMP" >"$new/$SID_STAMP_FILE"
     rm -rf "$SID_ROOT" && mv "$new" "$SID_ROOT" && mv "$new.log" "$SID_ROOT.log"
+}
+
+add_sid_packages() {
+    # the packages of $SID_PACKAGES that the root lacks (the ones added since it was made),
+    # installed with its own apt
+    local missing=() pkg rc=0
+    for pkg in $SID_PACKAGES; do
+        chroot "$SID_ROOT" dpkg-query -W -f '${Status}' "$pkg" 2>/dev/null | grep -q 'install ok installed' \
+            || missing+=("$pkg")
+    done
+    if [ ${#missing[@]} -gt 0 ]; then
+        say "adding to the Debian sid root: ${missing[*]}"
+        mount --bind /proc "$SID_ROOT/proc"
+        {
+            chroot "$SID_ROOT" apt-get "${SID_APT[@]}" update &&
+            DEBIAN_FRONTEND=noninteractive chroot "$SID_ROOT" apt-get "${SID_APT[@]}" -y install "${missing[@]}" &&
+            chroot "$SID_ROOT" apt-get clean &&
+            cp /etc/ssl/certs/ca-certificates.crt "$SID_ROOT/etc/ssl/certs/ca-certificates.crt"
+        } >>"$SID_ROOT.log" 2>&1 || rc=$?
+        umount "$SID_ROOT/proc"
+        if [ "$rc" -ne 0 ]; then
+            tail -5 "$SID_ROOT.log" >&2
+            say "installing ${missing[*]} into the sid root failed (log: $SID_ROOT.log)"
+            return 1
+        fi
+    fi
 }
 
 sid_checkout_key() {
@@ -174,7 +206,8 @@ provision_sid_root() {
     if [ "$(cat "$SID_ROOT/$SID_STAMP_FILE" 2>/dev/null)" != "$SID_STAMP" ]; then
         make_sid_root
     fi
+    add_sid_packages || { make_sid_root; add_sid_packages || die "the sid root lacks packages (log: $SID_ROOT.log)"; }
     install_project_in_sid_root
-    say "Debian sid root ready: asterisk $(chroot "$SID_ROOT" dpkg-query -W -f '${Version}' asterisk), osmo-hlr $(chroot "$SID_ROOT" dpkg-query -W -f '${Version}' osmo-hlr), osmo-msc $(chroot "$SID_ROOT" dpkg-query -W -f '${Version}' osmo-msc)"
+    say "Debian sid root ready: asterisk $(chroot "$SID_ROOT" dpkg-query -W -f '${Version}' asterisk), osmo-hlr $(chroot "$SID_ROOT" dpkg-query -W -f '${Version}' osmo-hlr), osmo-msc $(chroot "$SID_ROOT" dpkg-query -W -f '${Version}' osmo-msc), osmo-stp $(chroot "$SID_ROOT" dpkg-query -W -f '${Version}' osmo-stp)"
     exec 9>&-
 }

@@ -195,7 +195,8 @@ def test_lab_refuses_to_start_where_other_interfaces_are_visible(lab: Lab) -> No
 def services(lab: Lab) -> Iterator[Services]:
     require_binary("osmo-msc", lab.distro)
     require_binary("gcc")
-    with Services(lab, min_delay=MIN_DELAY, real_msc=True) as s:
+    # the GSUP test MSC and the stand-in OsmoMSC at B (fast; phones: tests/test_lab_sms.py)
+    with Services(lab, min_delay=MIN_DELAY, real_msc=True, phones=False) as s:
         yield s
 
 

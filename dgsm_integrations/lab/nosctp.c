@@ -12,7 +12,9 @@
  *   common header) and reports PPID 3 (M3UA). A header that is not M3UA version 1, or a
  *   length that does not fit the caller's buffer, fails the read with EBADMSG (the caller
  *   drops the connection). DATA is reported on stream 1, everything else on stream 0 (RFC
- *   4666 1.4.7; libosmo-sigtran refuses DATA on stream 0). Waiting for the rest of a message is bounded (RECV_WAIT_MS).
+ *   4666 1.4.7; libosmo-sigtran refuses DATA on stream 0), with association id 1 (newer
+ *   libosmo-netif takes id 0 for "no sndrcvinfo"). Waiting for the rest of a message is
+ *   bounded (RECV_WAIT_MS).
  * - sctp_send() on a TCP socket writes the whole message (bounded wait when the socket is full).
  * SCTP sockets proper (a kernel with SCTP) go to the real libsctp functions. */
 #define _GNU_SOURCE
@@ -25,8 +27,10 @@
 #include <sys/socket.h>
 
 #define RECV_WAIT_MS 2000
+#define MAX_FDS 65536
 #define M3UA_PPID 3
 #define M3UA_CLASS_TRANSFER 1
+#define SCTP_SNDRCV_CMSG 1 /* SCTP_SNDRCV in linux/sctp.h */
 
 struct sctp_sndrcvinfo; /* opaque here: only sinfo_stream/sinfo_ppid are written, below */
 
@@ -42,6 +46,25 @@ struct sndrcv_head {
 	uint32_t sinfo_cumtsn;
 	int32_t sinfo_assoc_id;
 };
+
+/* the descriptors that were SCTP sockets before the shim made them TCP (socket(), and what
+ * accept() gives for them); plain recvmsg() frames M3UA on these only */
+static unsigned char was_sctp[MAX_FDS / 8];
+
+static void mark(int fd, int on)
+{
+	if (fd < 0 || fd >= MAX_FDS)
+		return;
+	if (on)
+		was_sctp[fd / 8] |= (unsigned char)(1u << (fd % 8));
+	else
+		was_sctp[fd / 8] &= (unsigned char)~(1u << (fd % 8));
+}
+
+static int marked(int fd)
+{
+	return fd >= 0 && fd < MAX_FDS && (was_sctp[fd / 8] >> (fd % 8)) & 1;
+}
 
 static int is_tcp(int fd)
 {
@@ -69,9 +92,42 @@ int socket(int domain, int type, int protocol)
 		real_socket = (int (*)(int, int, int))next("socket");
 	if (protocol == IPPROTO_SCTP) {
 		int flags = type & (SOCK_NONBLOCK | SOCK_CLOEXEC);
-		return real_socket(domain, SOCK_STREAM | flags, IPPROTO_TCP);
+		int fd = real_socket(domain, SOCK_STREAM | flags, IPPROTO_TCP);
+		mark(fd, 1);
+		return fd;
 	}
-	return real_socket(domain, type, protocol);
+	int fd = real_socket(domain, type, protocol);
+	mark(fd, 0);
+	return fd;
+}
+
+int accept(int fd, struct sockaddr *addr, socklen_t *len)
+{
+	static int (*real_accept)(int, struct sockaddr *, socklen_t *);
+	if (!real_accept)
+		real_accept = (int (*)(int, struct sockaddr *, socklen_t *))next("accept");
+	int conn = real_accept(fd, addr, len);
+	mark(conn, marked(fd));
+	return conn;
+}
+
+int accept4(int fd, struct sockaddr *addr, socklen_t *len, int flags)
+{
+	static int (*real_accept4)(int, struct sockaddr *, socklen_t *, int);
+	if (!real_accept4)
+		real_accept4 = (int (*)(int, struct sockaddr *, socklen_t *, int))next("accept4");
+	int conn = real_accept4(fd, addr, len, flags);
+	mark(conn, marked(fd));
+	return conn;
+}
+
+int close(int fd)
+{
+	static int (*real_close)(int);
+	if (!real_close)
+		real_close = (int (*)(int))next("close");
+	mark(fd, 0);
+	return real_close(fd);
 }
 
 int setsockopt(int fd, int level, int name, const void *value, socklen_t len)
@@ -181,21 +237,12 @@ static ssize_t read_exact(int fd, uint8_t *buf, size_t len)
 	return (ssize_t)got;
 }
 
-int sctp_recvmsg(int fd, void *msg, size_t len, struct sockaddr *from, socklen_t *fromlen,
-		 struct sctp_sndrcvinfo *sinfo, int *msg_flags)
+/* one whole M3UA message from TCP socket fd into buf (at most len bytes), as SCTP would
+ * deliver it: its length, the sndrcvinfo (PPID 3, stream, association 1) and MSG_EOR */
+static int recv_m3ua(int fd, void *buf, size_t len, struct sockaddr *from, socklen_t *fromlen,
+		     struct sndrcv_head *sinfo, int *msg_flags)
 {
-	if (!is_tcp(fd)) {
-		int (*real)(int, void *, size_t, struct sockaddr *, socklen_t *,
-			    struct sctp_sndrcvinfo *, int *) =
-			(int (*)(int, void *, size_t, struct sockaddr *, socklen_t *,
-				 struct sctp_sndrcvinfo *, int *))next("sctp_recvmsg");
-		if (!real) {
-			errno = ENOSYS;
-			return -1;
-		}
-		return real(fd, msg, len, from, fromlen, sinfo, msg_flags);
-	}
-	uint8_t *head = msg;
+	uint8_t *head = buf;
 	if (len < 8) {
 		errno = EMSGSIZE;
 		return -1;
@@ -213,18 +260,39 @@ int sctp_recvmsg(int fd, void *msg, size_t len, struct sockaddr *from, socklen_t
 	if (rc < 0 || (rc == 0 && total > 8))
 		return rc == 0 ? (errno = ECONNRESET, -1) : (int)rc;
 	if (sinfo) {
-		struct sndrcv_head *s = (struct sndrcv_head *)sinfo;
-		memset(s, 0, sizeof(*s));
-		s->sinfo_ppid = htonl(M3UA_PPID);
+		memset(sinfo, 0, sizeof(*sinfo));
+		sinfo->sinfo_ppid = htonl(M3UA_PPID);
 		/* RFC 4666 1.4.7: DATA never travels on stream 0; libosmo-sigtran answers DATA
 		 * "received" on stream 0 with ERR Invalid Stream Identifier (measured) */
-		s->sinfo_stream = head[2] == M3UA_CLASS_TRANSFER ? 1 : 0;
+		sinfo->sinfo_stream = head[2] == M3UA_CLASS_TRANSFER ? 1 : 0;
+		/* a TCP connection is one association: id 1. libosmo-netif 1.6 (osmo-stp 2.3,
+		 * osmo-msc 1.16) takes a zero sinfo_assoc_id to mean "the kernel filled in no
+		 * sndrcvinfo", logs "sctp_recvmsg without SNDRCV cmsg" and drops the message as
+		 * PPID 0 (measured) */
+		sinfo->sinfo_assoc_id = 1;
 	}
 	if (msg_flags)
 		*msg_flags = MSG_EOR;
 	if (from && fromlen)
 		getpeername(fd, from, fromlen);
 	return (int)total;
+}
+
+int sctp_recvmsg(int fd, void *msg, size_t len, struct sockaddr *from, socklen_t *fromlen,
+		 struct sctp_sndrcvinfo *sinfo, int *msg_flags)
+{
+	if (!is_tcp(fd)) {
+		int (*real)(int, void *, size_t, struct sockaddr *, socklen_t *,
+			    struct sctp_sndrcvinfo *, int *) =
+			(int (*)(int, void *, size_t, struct sockaddr *, socklen_t *,
+				 struct sctp_sndrcvinfo *, int *))next("sctp_recvmsg");
+		if (!real) {
+			errno = ENOSYS;
+			return -1;
+		}
+		return real(fd, msg, len, from, fromlen, sinfo, msg_flags);
+	}
+	return recv_m3ua(fd, msg, len, from, fromlen, (struct sndrcv_head *)sinfo, msg_flags);
 }
 
 int sctp_send(int fd, const void *msg, size_t len, const struct sctp_sndrcvinfo *sinfo, int flags)
@@ -255,4 +323,49 @@ int sctp_send(int fd, const void *msg, size_t len, const struct sctp_sndrcvinfo 
 		sent += (size_t)rc;
 	}
 	return (int)len;
+}
+
+/* libosmo-netif 1.6's osmo_io reads SCTP with plain recvmsg() and takes the sndrcvinfo from
+ * an SCTP_SNDRCV control message (osmo-stp 2.3, osmo-msc 1.16): on a descriptor that was an
+ * SCTP socket, one M3UA message into the first buffer, and that control message */
+ssize_t recvmsg(int fd, struct msghdr *m, int flags)
+{
+	static ssize_t (*real_recvmsg)(int, struct msghdr *, int);
+	if (!real_recvmsg)
+		real_recvmsg = (ssize_t (*)(int, struct msghdr *, int))next("recvmsg");
+	if (!marked(fd) || !is_tcp(fd) || !m || m->msg_iovlen < 1)
+		return real_recvmsg(fd, m, flags);
+	if (flags & MSG_DONTWAIT) {
+		/* nothing there yet: say so now, as a non-blocking SCTP socket would */
+		struct pollfd p = { .fd = fd, .events = POLLIN };
+		if (poll(&p, 1, 0) == 0) {
+			errno = EAGAIN;
+			return -1;
+		}
+	}
+	struct sndrcv_head sinfo;
+	int mflags = 0;
+	socklen_t namelen = m->msg_namelen;
+	int rc = recv_m3ua(fd, m->msg_iov[0].iov_base, m->msg_iov[0].iov_len,
+			   m->msg_name ? (struct sockaddr *)m->msg_name : NULL,
+			   m->msg_name ? &namelen : NULL, &sinfo, &mflags);
+	if (rc <= 0)
+		return rc;
+	if (m->msg_name)
+		m->msg_namelen = namelen;
+	size_t need = CMSG_SPACE(sizeof(sinfo));
+	if (m->msg_control && m->msg_controllen >= need) {
+		struct cmsghdr *c = (struct cmsghdr *)m->msg_control;
+		memset(c, 0, need);
+		c->cmsg_level = IPPROTO_SCTP;
+		c->cmsg_type = SCTP_SNDRCV_CMSG;
+		c->cmsg_len = CMSG_LEN(sizeof(sinfo));
+		memcpy(CMSG_DATA(c), &sinfo, sizeof(sinfo));
+		m->msg_controllen = need;
+	} else {
+		m->msg_controllen = 0;
+		mflags |= MSG_CTRUNC;
+	}
+	m->msg_flags = mflags;
+	return rc;
 }

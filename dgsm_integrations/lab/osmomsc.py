@@ -39,6 +39,7 @@ __all__ = ["AInterface", "OsmoMsc", "OsmoMscError", "build_shim", "unpack_septet
 
 SHIM_SOURCE = Path(__file__).with_name("nosctp.c")
 _shim_cache: dict[str, Path] = {}
+M3UA_PORT = 2905  # osmo-stp's (lab/osmostp.py)
 
 
 @dataclass(frozen=True)
@@ -130,7 +131,12 @@ class OsmoMsc:
             return ""
         return (f"network\n network country code {a.mcc}\n mobile network code {a.mnc}\n"
                 " authentication optional\n encryption a5 0\n"
-                f"cs7 instance 0\n point-code {a.point_code}\n")
+                f"cs7 instance 0\n point-code {a.point_code}\n"
+                # the ASP osmo-msc's default SCCP client takes (it makes one to "localhost"
+                # otherwise, which is ::1 first inside the sid root, where osmo-stp does not
+                # listen): osmo-stp on this namespace's 127.0.0.1
+                f" asp lab-msc {M3UA_PORT} 0 m3ua\n  remote-ip 127.0.0.1\n"
+                "  local-ip 127.0.0.1\n  role asp\n  sctp-role client\n")
 
     def start(self) -> None:
         binary = self.binary or self.distro.need("osmo-msc", "osmo-msc")

@@ -26,7 +26,8 @@ import time
 from pathlib import Path
 from typing import IO
 
-from .netns import LabError, Netns, need, terminate
+from .distro import HOST, Distro
+from .netns import LabError, Netns, terminate
 from .osmomsc import build_shim
 
 __all__ = ["M3UA_PORT", "OsmoStp", "OsmoStpError"]
@@ -44,12 +45,13 @@ class OsmoStp:
 
     def __init__(self, workdir: Path, *, bind_ip: str = "127.0.0.1", point_code: str = "0.23.0",
                  netns: Netns | None = None, binary: str | None = None,
-                 start_timeout: float = 10.0) -> None:
+                 start_timeout: float = 10.0, distro: Distro = HOST) -> None:
         self.workdir = Path(workdir)
         self.bind_ip = bind_ip
         self.point_code = point_code
         self.netns = netns
         self.binary = binary
+        self.distro = distro
         self.start_timeout = start_timeout
         self.config_path = self.workdir / "osmo-stp.cfg"
         self.log_path = self.workdir / "osmo-stp.log"
@@ -67,13 +69,15 @@ class OsmoStp:
             f"  local-ip {self.bind_ip}\n")
 
     def start(self) -> None:
-        binary = self.binary or need("osmo-stp", "osmo-stp")
+        binary = self.binary or self.distro.need("osmo-stp", "osmo-stp")
         shim = build_shim()
         self.workdir.mkdir(parents=True, exist_ok=True)
+        self.distro.check_visible(self.workdir)
+        self.distro.check_visible(shim)
         self.config_path.write_text(self.config_text())
         self._log = self.log_path.open("ab")
         env = dict(os.environ, LD_PRELOAD=str(shim))
-        argv = [binary, "-c", str(self.config_path)]
+        argv = self.distro.argv([binary, "-c", str(self.config_path)])
         self._proc = subprocess.Popen(
             self.netns.argv(argv) if self.netns is not None else argv, stdin=subprocess.DEVNULL,
             stdout=self._log, stderr=subprocess.STDOUT, cwd=self.workdir, env=env,

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import os
 import shutil
 import sys
@@ -43,13 +44,18 @@ from ..freeswitch.server import EslServer
 from ..mslookup import AnswerTrace, AsyncResolver, Result
 from .asterisk import RealAsterisk, RealAsteriskError
 from .distro import sid_root
+from .netns import LabError
 from .network import SIP_PORT, SMPP_PORT, SUBNET, Lab, Village
-from .osmomsc import OsmoMsc, unpack_septets
+from .osmomsc import AInterface, OsmoMsc, unpack_septets
+from .osmostp import OsmoStp
 from .pbx import PbxCall, asterisk_call, asterisk_script_call, freeswitch_call
+from .phone import LabPhone, PhoneError
 from .sip import Invite, SipUas, call
 from .smsc import SmscPeer, mo_sms
 
 __all__ = ["ESL_PORT", "FASTAGI_PORT", "LAB_NETWORK", "Services"]
+
+log = logging.getLogger("dgsm.lab.services")
 
 ESL_PORT, FASTAGI_PORT = 8084, 4573
 #: the villages' network: the only one our integrations in the lab trust
@@ -66,6 +72,8 @@ class _Endpoints:
     uas: SipUas
     smsc: SmscPeer | None = None  # the stand-in OsmoMSC
     msc: OsmoMsc | None = None  # a real osmo-msc as the village's SMSC
+    stp: OsmoStp | None = None  # with phones: the village's osmo-stp (A interface)
+    esme: Any = None  # with phones: the ESME bound to this village's osmo-msc
 
 
 @dataclass
@@ -82,15 +90,50 @@ class Services:
     #: "real": Asterisk 22 from the sid root in the caller's village; "peer": its AGI
     #: protocol peer; None: real where the sid root has it
     asterisk: str | None = None
+    #: lab phones: every village runs osmo-stp and osmo-msc with the A interface, and an
+    #: ESME bound to its osmo-msc (smpp-first, default route); phones attach there
+    #: (:meth:`attach_phone`) and their SMS are real. None: if osmo-msc, osmo-stp and gcc
+    #: exist (and ``real_msc`` is not False); False: the stand-in sends B's SMS
+    phones: bool | None = None
+    #: with phones: the ESME of the caller's village stores what it cannot deliver now
+    #: (``--queue``) and retries from ``queue_retry`` s
+    queue: bool = False
+    queue_retry: float = 0.5
+    #: the reason phones are off (for the demo), when they are
+    phones_off: str = ""
     endpoints: dict[str, _Endpoints] = field(default_factory=dict)
     real_asterisk: RealAsterisk | None = None
     _pbx: list[Any] = field(default_factory=list)
+    _phones: list[LabPhone] = field(default_factory=list)
+    _bsc_pcs: dict[str, int] = field(default_factory=dict)
+    _stacks: list[Any] = field(default_factory=list)
 
     @property
     def village(self) -> Village:
         return self.lab[self.home]
 
+    def _phones_possible(self) -> str:
+        """Why lab phones cannot run here ('' when they can)."""
+        distro = self.lab.distro
+        for program, package in (("osmo-msc", "osmo-msc"), ("osmo-stp", "osmo-stp")):
+            if not distro.which(program):
+                where = "" if distro.root is None else f" in the {distro.name} root"
+                return f"no {program}{where} (apt-get install {package})"
+        if not shutil.which("gcc"):
+            return "no gcc for the SCTP shim (apt-get install gcc libc6-dev)"
+        return ""
+
     def start(self) -> Services:
+        if self.phones is None:
+            self.phones_off = ("real_msc=False" if self.real_msc is False
+                               else self._phones_possible())
+            self.phones = not self.phones_off
+        elif self.phones:
+            why = self._phones_possible()
+            if why:
+                raise LabError(f"lab phones need osmo-msc, osmo-stp and gcc: {why}")
+        if self.phones:
+            self.real_msc = True
         if self.real_msc is None:
             self.real_msc = bool(self.lab.distro.which("osmo-msc") and shutil.which("gcc"))
         sid = sid_root()
@@ -100,18 +143,28 @@ class Services:
             raise ValueError(f"asterisk must be 'real' or 'peer', not {self.asterisk!r}")
         try:
             for v in self.lab:
-                real = self.real_msc and v.name != self.home
+                real = self.real_msc and (v.name != self.home or bool(self.phones))
                 sip_at = (MSC_SIP if self.asterisk == "real" and v.name == self.home
                           else (v.addr, SIP_PORT))
                 self.endpoints[v.name] = v.loop.run(
                     self._endpoints(v, stand_in=not real, sip_at=sip_at))
+                if real and self.phones:
+                    stp = OsmoStp(v.workdir / "osmo-stp", netns=v.ns, distro=self.lab.distro)
+                    self.endpoints[v.name].stp = stp
+                    stp.start()
                 if real:
                     msc = OsmoMsc(v.workdir / "osmo-msc", SMPP_PORT, bind_ip=v.addr,
                                   hlr_ip=v.addr, netns=v.ns, system_id=f"MSC-{v.name}",
-                                  distro=self.lab.distro)
-                    msc.start()
+                                  distro=self.lab.distro,
+                                  a_interface=AInterface(ipa_name=v.msc_name)
+                                  if self.phones else None)
                     self.endpoints[v.name].msc = msc
+                    msc.start()
             self.village.loop.run(self._integrations())
+            if self.phones:
+                for v in self.lab:
+                    if v.name != self.home:
+                        self.endpoints[v.name].esme = v.loop.run(self._esme(v))
             if self.asterisk == "real":
                 if sid is None:
                     raise RealAsteriskError("no Debian sid root with Asterisk: run "
@@ -144,6 +197,12 @@ class Services:
         agi = FastAgiServer(self._fastagi_config())
         await fs.start()
         await agi.start()
+        esme, task, resolver = await self._esme_parts(v, queue=self.queue)
+        self._pbx = [fs, agi, esme, task, resolver]
+        self.endpoints[v.name].esme = esme
+        await self._bound(v, esme)
+
+    async def _esme_parts(self, v: Village, queue: bool = False) -> tuple[Any, Any, Any]:
         resolver = AsyncResolver(interface=v.addr, min_delay=self.min_delay,
                                  trusted=(LAB_NETWORK,))
         await resolver.open()
@@ -153,13 +212,49 @@ class Services:
                                not_found_status=Status.RSYSERR, backoff_min=0.1,
                                backoff_max=1.0, connect_timeout=1.0,
                                trust=TrustPolicy.build([LAB_NETWORK])), resolver)
+        if queue:
+            from ..esme.store import Store
+            stack = contextlib.AsyncExitStack()
+            store = Store(str(v.workdir / "esme-queue.db"), retry_min=self.queue_retry,
+                          retry_max=2 * self.queue_retry)
+            await stack.enter_async_context(store.attach(esme))
+            self._stacks.append((v, stack))
         task = asyncio.get_running_loop().create_task(esme.run())
+        return esme, task, resolver
+
+    async def _esme(self, v: Village) -> Any:
+        """The ESME of a village other than the caller's (with phones): bound as OSMPP to
+        its osmo-msc, so that SMS from its phones (and osmo-msc's status reports) travel."""
+        esme, task, resolver = await self._esme_parts(v)
+        self._stacks.append((v, (esme, task, resolver)))
+        await self._bound(v, esme)
+        return esme
+
+    async def _bound(self, v: Village, esme: Any) -> None:
         msc = self.endpoints[v.name].smsc
-        assert msc is not None
-        await msc.wait_for(lambda: msc.route() is not None, timeout=10)
-        self._pbx = [fs, agi, esme, task, resolver]
+        if msc is not None:
+            await msc.wait_for(lambda: msc.route() is not None, timeout=10)
+        else:
+            await asyncio.wait_for(esme.osmpp.bound.wait(), 10)
 
     def close(self) -> None:
+        for ph in self._phones:
+            with contextlib.suppress(Exception):
+                ph.close()
+        self._phones.clear()
+        for v, item in reversed(self._stacks):
+            async def stop_item(item: Any = item) -> None:
+                if isinstance(item, contextlib.AsyncExitStack):
+                    await item.aclose()
+                    return
+                _esme, task, resolver = item
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+                await resolver.close()
+            with contextlib.suppress(Exception):
+                v.loop.run(stop_item(), 15)
+        self._stacks.clear()
         if self.real_asterisk is not None:
             self.real_asterisk.stop()
             self.real_asterisk = None
@@ -180,6 +275,8 @@ class Services:
         for name, ep in self.endpoints.items():
             if ep.msc is not None:
                 ep.msc.stop()
+            if ep.stp is not None:
+                ep.stp.stop()
 
             async def stop_endpoint(ep: _Endpoints = ep) -> None:
                 ep.uas.close()
@@ -309,7 +406,9 @@ class Services:
         """A phone at the caller's village sends an SMS: its OsmoMSC hands it to the ESME as
         deliver_sm; the deliver_sm_resp status (None: none within 5 s, like osmo-msc)."""
         msc = self.endpoints[self.home].smsc
-        assert msc is not None
+        if msc is None:
+            raise LabError("the caller's village runs a real osmo-msc (phones): send SMS "
+                           "from a phone (Services.phone) instead")
         fields = mo_sms(src, dst, text.encode("ascii", "replace"))
         return self.village.loop.run(msc.deliver(fields), 10)
 
@@ -331,3 +430,68 @@ class Services:
 
     def smsc_kind(self, village: str) -> str:
         return "osmo-msc" if self.endpoints[village].msc is not None else "SMSC stand-in"
+
+    # -- lab phones (``phones=True``) -------------------------------------------------------
+
+    def phone(self, village: str, imsi: str, *, timeout: float = 10.0) -> LabPhone:
+        """A handset of ``imsi`` switched on (M3UA up, BSSMAP reset) at ``village``'s
+        osmo-msc; closed with the lab. Each phone in a village gets its own BSC point code.
+        ``timeout`` bounds every answer it waits for (osmo-msc registers at osmo-stp about
+        2 s after it starts)."""
+        if not self.phones:
+            raise LabError(f"no lab phones here: {self.phones_off or 'Services(phones=False)'}")
+        v = self.lab[village]
+        n = self._bsc_pcs.get(village, 0)
+        self._bsc_pcs[village] = n + 1
+        ph = LabPhone(imsi, netns=v.ns, timeout=timeout, bsc_pc=f"0.{24 + n // 8}.{n % 8}")
+        ph.connect()
+        self._phones.append(ph)
+        return ph
+
+    def attach_phone(self, phone: LabPhone, attempts: int = 3) -> float:
+        """Location Updating (IMSI attach) through the phone's osmo-msc; repeated like a
+        handset repeats one that failed: OsmoHLR often drops the first roaming LU over a new
+        GSUP link (docs/lab.md), and osmo-msc then rejects it (or does not answer). Returns
+        the seconds the successful one took."""
+        for attempt in range(1, attempts + 1):
+            t0 = time.monotonic()
+            try:
+                phone.location_update()
+                return time.monotonic() - t0
+            except PhoneError as exc:
+                if attempt == attempts:
+                    raise
+                log.info("phone %s: LU attempt %d failed (%s), repeating it", phone.imsi,
+                         attempt, str(exc).splitlines()[0])
+        raise AssertionError("unreachable")
+
+    def use_queue(self, on: bool) -> None:
+        """Store-and-forward at the caller's village's ESME (``--queue``) on or off: with it,
+        an SMS it cannot deliver now is accepted once durably stored (``esme-queue.db`` in
+        the village) and retried from ``queue_retry`` s, looking the recipient up again."""
+        v = self.village
+        esme = self.endpoints[v.name].esme
+        if esme is None:
+            raise LabError("the ESME is not running")
+        mine = [item for item in self._stacks
+                if item[0] is v and isinstance(item[1], contextlib.AsyncExitStack)]
+        if on and not mine:
+            async def attach() -> None:
+                from ..esme.store import Store
+                stack = contextlib.AsyncExitStack()
+                store = Store(str(v.workdir / "esme-queue.db"), retry_min=self.queue_retry,
+                              retry_max=2 * self.queue_retry)
+                await stack.enter_async_context(store.attach(esme))
+                self._stacks.append((v, stack))
+            v.loop.run(attach(), 15)
+        elif not on and mine:
+            for item in mine:
+                self._stacks.remove(item)
+                v.loop.run(item[1].aclose(), 15)
+        self.queue = on
+
+    @property
+    def esme_store(self) -> Any:
+        """The caller's ESME's store (None without ``--queue``)."""
+        esme = self.endpoints[self.home].esme
+        return None if esme is None else esme.store

@@ -44,7 +44,7 @@ DEBIAN_PACKAGES: dict[str, str] = {
 }
 #: The program each Osmocom package under test is checked by.
 _PROGRAM = {"osmo-hlr": "osmo-hlr", "osmo-mslookup-utils": "osmo-mslookup-client",
-            "osmo-msc": "osmo-msc"}
+            "osmo-msc": "osmo-msc", "osmo-stp": "osmo-stp"}
 #: The Osmocom generations every real-peer test runs against: Debian 12's, Debian sid's.
 GENERATIONS = ("host", "sid")
 
