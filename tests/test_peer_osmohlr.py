@@ -29,9 +29,7 @@ from typing import Any
 import pytest
 
 from dgsm_integrations.lab.distro import Distro
-
-from .peers import generations, require_binary, require_generation
-from .peers.gsup import (
+from dgsm_integrations.lab.gsup import (
     GsupMessage,
     GsupMsgType,
     GsupRejected,
@@ -41,6 +39,8 @@ from .peers.gsup import (
     id_resp_body,
     parse_id_get,
 )
+
+from .peers import generations, require_binary, require_generation
 from .peers.osmohlr import OsmoHlr, OsmoHlrError
 
 IMSI = "901700000001234"
