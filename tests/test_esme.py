@@ -21,8 +21,9 @@ from typing import Any, TypeVar
 import pytest
 
 from dgsm_integrations.esme.app import Esme, EsmeConfig
-from dgsm_integrations.esme.message import InvalidNumber, normalise_msisdn, parts_of
-from dgsm_integrations.esme.pdu import PduError, Status, build, decode
+from dgsm_integrations.esme.errors import InvalidNumber, PduError
+from dgsm_integrations.esme.message import normalise_msisdn, parts_of
+from dgsm_integrations.esme.pdu import Status, build, decode
 from dgsm_integrations.esme.trust import TrustPolicy
 from dgsm_integrations.lab.smsc import SmscPeer, mo_sms, pdu
 from dgsm_integrations.mslookup import AsyncResolver, Record, Responder

@@ -21,10 +21,10 @@ from pathlib import Path
 import pytest
 
 from dgsm_integrations.esme.cli import build_parser, trust_from
+from dgsm_integrations.esme.errors import CredentialsError
 from dgsm_integrations.esme.pdu import Status
 from dgsm_integrations.esme.store import Store
 from dgsm_integrations.esme.trust import (
-    CredentialsError,
     TrustPolicy,
     parse_credentials_file,
     parse_site_credentials,

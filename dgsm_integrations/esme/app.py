@@ -30,10 +30,11 @@ from dataclasses import dataclass, field, fields
 from typing import TYPE_CHECKING, Any, Protocol
 
 from ..mslookup import Endpoint, Outcome, Result
-from .links import BindConfig, DestinationDown, IsmppPool, OsmppLink
-from .message import InvalidNumber, Message
+from .errors import ConnectionLost, DestinationDown, InvalidNumber, SmppError
+from .links import BindConfig, IsmppPool, OsmppLink
+from .message import Message
 from .pdu import Pdu, Status
-from .session import ConnectionLost, SmppConnection, SmppError
+from .session import SmppConnection
 from .trust import TrustPolicy
 
 if TYPE_CHECKING:

@@ -12,7 +12,8 @@ from collections.abc import Sequence
 
 from ..mslookup import DEFAULT_GROUP_V4, DEFAULT_PORT, AsyncResolver, MslookupError
 from .app import EsmeConfig
-from .trust import CredentialsError, TrustPolicy, parse_credentials_file, parse_site_credentials
+from .errors import CredentialsError
+from .trust import TrustPolicy, parse_credentials_file, parse_site_credentials
 
 __all__ = ["build_parser", "config_from", "install_signal_handlers", "main"]
 

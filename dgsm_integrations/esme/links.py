@@ -22,11 +22,11 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..mslookup import Endpoint
+from .errors import BindRefused, ConnectionLost, DestinationDown, SmppError
 from .pdu import Pdu, Status
-from .session import ConnectionLost, SmppConnection, SmppError
+from .session import SmppConnection
 
-__all__ = ["BindConfig", "BindRefused", "DestinationDown", "IsmppLink", "IsmppPool",
-           "OsmppLink"]
+__all__ = ["BindConfig", "IsmppLink", "IsmppPool", "OsmppLink"]
 
 log = logging.getLogger("dgsm.esme.links")
 
@@ -43,20 +43,6 @@ class BindConfig:
     response_timeout: float = 10.0
     backoff_min: float = 0.5
     backoff_max: float = 30.0
-
-
-class BindRefused(Exception):
-    """The SMSC answered our bind with an error (wrong password, unknown system-id, ...)."""
-
-    def __init__(self, where: str, status: int) -> None:
-        hint = {Status.RINVPASWD: "wrong password", Status.RINVSYSID: "unknown system-id"}
-        super().__init__(f"{where} refused the bind: {Status.describe(status)}"
-                         + (f" - {hint[status]}" if status in hint else ""))
-        self.status = status
-
-
-class DestinationDown(Exception):
-    """A destination SMSC cannot be reached or bound right now (a temporary failure)."""
 
 
 async def _connect_and_bind(host: str, port: int, cfg: BindConfig, command: str,

@@ -46,13 +46,14 @@ from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from .errors import CorruptQueue
 from .message import Message
 from .pdu import Status
 
 if TYPE_CHECKING:
     from .app import Esme
 
-__all__ = ["CorruptQueue", "Store", "message_key"]
+__all__ = ["Store", "message_key"]
 
 log = logging.getLogger("dgsm.esme.store")
 T = TypeVar("T")
@@ -83,10 +84,6 @@ _ERR_MIN, _ERR_MAX = 0.5, 30.0
 _FAULT_LOG_INTERVAL = 10.0
 #: seconds a background write (a delivery record) may wait for the store
 _BACKGROUND_WAIT = 10.0
-
-
-class CorruptQueue(Exception):
-    """The queue file is not a usable esme_dgsm queue."""
 
 
 def _is_corrupt(exc: sqlite3.DatabaseError) -> bool:
