@@ -20,8 +20,8 @@ from typing import Any, TypeVar
 
 import pytest
 
-from dgsm_integrations.esme.app import Esme, EsmeConfig
 from dgsm_integrations.esme.errors import InvalidNumber, PduError
+from dgsm_integrations.esme.forwarder import Esme, EsmeConfig
 from dgsm_integrations.esme.message import normalise_msisdn, parts_of
 from dgsm_integrations.esme.pdu import Status, build, decode
 from dgsm_integrations.esme.trust import TrustPolicy
@@ -437,10 +437,10 @@ def test_a_flood_of_malformed_pdus_logs_one_record_and_a_summary(
         caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch) -> None:
     """Issue 11 item 10: one warning per malformed PDU let a peer flood the log."""
     from dgsm_integrations._ratelimit import LogLimiter
-    from dgsm_integrations.esme import session
+    from dgsm_integrations.esme import connection
 
-    limited = LogLimiter(session.log)
-    monkeypatch.setattr(session, "_limited", limited, raising=False)
+    limited = LogLimiter(connection.log)
+    monkeypatch.setattr(connection, "_limited", limited, raising=False)
 
     async def body() -> None:
         async with Village() as v:

@@ -26,9 +26,9 @@ from typing import Any, TypeVar
 
 import pytest
 
-from dgsm_integrations.esme.app import Esme, EsmeConfig
+from dgsm_integrations.esme.connection import SmppConnection
+from dgsm_integrations.esme.forwarder import Esme, EsmeConfig
 from dgsm_integrations.esme.pdu import Pdu, Status
-from dgsm_integrations.esme.session import SmppConnection
 from dgsm_integrations.esme.trust import TrustPolicy
 from dgsm_integrations.lab.distro import Distro
 from dgsm_integrations.lab.smsc import SmscPeer, mo_sms

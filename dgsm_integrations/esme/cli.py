@@ -11,8 +11,8 @@ import sys
 from collections.abc import Sequence
 
 from ..mslookup import DEFAULT_GROUP_V4, DEFAULT_PORT, AsyncResolver, MslookupError
-from .app import EsmeConfig
 from .errors import CredentialsError
+from .forwarder import Esme, EsmeConfig, Lookup
 from .trust import TrustPolicy, parse_credentials_file, parse_site_credentials
 
 __all__ = ["build_parser", "config_from", "install_signal_handlers", "main"]
@@ -157,8 +157,6 @@ def config_from(args: argparse.Namespace) -> EsmeConfig:
 
 
 async def serve(args: argparse.Namespace) -> int:
-    from . import runtime  # store and metrics, only when asked for
-
     config = config_from(args)
     trust = config.trust
     # the resolver drops answers from / naming untrusted addresses, so a spoofed answer
@@ -169,7 +167,36 @@ async def serve(args: argparse.Namespace) -> int:
                              timeout=args.lookup_timeout, trusted=networks,
                              allow_loopback=args.allow_loopback)
     async with resolver:
-        return await runtime.run_daemon(config, resolver, args)
+        return await run(config, resolver, args)
+
+
+async def run(config: EsmeConfig, lookup: Lookup, args: argparse.Namespace) -> int:
+    """The ESME, and the optional store and metrics, until SIGTERM."""
+    stop = asyncio.Event()
+    install_signal_handlers(stop)
+    esme = Esme(config, lookup)
+    async with contextlib.AsyncExitStack() as stack:
+        if getattr(args, "queue", None):
+            from .store import Store
+            store = Store(args.queue, validity=args.validity, retry_min=args.retry_min,
+                          retry_max=args.retry_max,
+                          window=getattr(args, "retry_window", 8))
+            await stack.enter_async_context(store.attach(esme))
+        if getattr(args, "metrics_port", None) is not None:
+            from .metrics import MetricsServer
+            metrics = MetricsServer(esme, args.metrics_host, args.metrics_port)
+            await stack.enter_async_context(metrics)
+        task = asyncio.get_running_loop().create_task(esme.run())
+        stopper = asyncio.get_running_loop().create_task(stop.wait())
+        done, _ = await asyncio.wait({task, stopper}, return_when=asyncio.FIRST_COMPLETED)
+        for t in (task, stopper):
+            t.cancel()
+        await asyncio.gather(task, stopper, return_exceptions=True)
+        if task in done and task.exception() is not None:
+            log.error("ESME stopped: %r", task.exception())
+            return 1
+    log.info("stopped: %s", esme.describe())
+    return 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:

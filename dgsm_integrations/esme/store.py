@@ -51,7 +51,7 @@ from .message import Message
 from .pdu import Status
 
 if TYPE_CHECKING:
-    from .app import Esme
+    from .forwarder import Esme
 
 __all__ = ["Store", "message_key"]
 
@@ -435,8 +435,8 @@ class Store:
         try:
             msg = Message(0, _load(fields), msisdn, tuple(json.loads(parts)))
             async with asyncio.timeout(esme.config.response_timeout + 2):
-                verdict = await esme.forward(msg)
-            status, result = verdict.status, verdict.result
+                decision = await esme.forward(msg)
+            status, result = decision.status, decision.result
         except TimeoutError:
             status, result = Status.RSYSERR, "timeout"
         except Exception as exc:  # never let one row stop the loop
