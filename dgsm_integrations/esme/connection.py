@@ -93,6 +93,8 @@ class SmppConnection:
             async with asyncio.timeout(timeout):
                 await self.writer.drain()
                 resp = await fut
+        except TimeoutError:  # unanswered, but the connection is still up (an OSError too)
+            raise
         except (ConnectionError, OSError) as exc:
             raise ConnectionLost(f"{self.name}: {exc}") from None
         finally:

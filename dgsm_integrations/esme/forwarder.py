@@ -352,7 +352,7 @@ class Esme:
             return self._count(decision)
         return self._count(await self.submit(msg, decision))
 
-    def _late(self, msg: Message, endpoint: Endpoint, start: float,
+    def _late(self, msg: Message, endpoint: Endpoint, answered: float,
               req: asyncio.Future[Pdu]) -> None:
         """A submit_sm we gave up on (budget) got its answer after all."""
         if req.cancelled() or req.exception() is not None:
@@ -363,20 +363,23 @@ class Esme:
                     "phone was answered RSYSERR (budget %.1fs); if the phone retries, the "
                     "recipient may get it twice (use --queue to avoid this)",
                     msg.reference, msg.sender or "-", msg.msisdn, endpoint,
-                    self.now() - start, self.config.budget)
+                    self.now() - answered, self.config.budget)
 
     async def submit(self, msg: Message, to: Decision) -> Decision:
         """Submit ``msg`` to ``to.destination`` (a forward decision): the outcome."""
         endpoint = to.destination
         if endpoint is None:
             raise ValueError(f"no destination to submit to: {to}")
-        start = self.now()
+        gave_up: list[float] = []  # when the budget cancelled us: the phone's answer
         on_late = None if self.store is not None else (
-            lambda req: self._late(msg, endpoint, start, req))
+            lambda req: self._late(msg, endpoint, gave_up[0], req))
         try:
             link = self.pool.links.get(endpoint) or self.pool.link(
                 endpoint, self.config.ismpp(endpoint.host))  # credentials: on first use
             resp = await link.submit(msg.submit_fields(), on_late)
+        except asyncio.CancelledError:
+            gave_up.append(self.now())
+            raise
         except Exception as exc:
             return self.routing.failed(to, exc)
         mid = resp.get("message_id")
