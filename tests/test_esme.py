@@ -158,6 +158,7 @@ CODINGS = [
 ]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("name", "dcs", "payload", "udh"), CODINGS,
                          ids=[c[0] for c in CODINGS])
 def test_byte_exact_forward_to_youngest(name: str, dcs: int, payload: bytes,
@@ -182,6 +183,7 @@ def test_byte_exact_forward_to_youngest(name: str, dcs: int, payload: bytes,
     run(body())
 
 
+@pytest.mark.slow
 def test_plus_number_and_network_specific() -> None:
     async def body() -> None:
         async with Village() as v:
@@ -193,6 +195,7 @@ def test_plus_number_and_network_specific() -> None:
     run(body())
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("dst", ["", "abc", "1234567890123456", "12 34", "+", "*100#"])
 def test_junk_numbers_refused_before_lookup(dst: str) -> None:
     async def body() -> None:
@@ -204,6 +207,7 @@ def test_junk_numbers_refused_before_lookup(dst: str) -> None:
     run(body())
 
 
+@pytest.mark.slow
 def test_concatenated_three_parts_each_routed() -> None:
     async def body() -> None:
         async with Village() as v:
@@ -218,6 +222,7 @@ def test_concatenated_three_parts_each_routed() -> None:
     run(body())
 
 
+@pytest.mark.slow
 def test_255_part_message_every_part_routed_byte_exact() -> None:
     """The longest concatenated SMS: 255 deliver_sm, all in flight at once, one bind."""
     async def body() -> None:
@@ -248,6 +253,7 @@ def test_smpplib_caps_message_payload_at_260_bytes_our_gate_does_not() -> None:
     assert got.get("message_payload") == bytes(range(256)) * 4
 
 
+@pytest.mark.slow
 def test_message_payload_tlv_passes_through() -> None:
     """A deliver_sm with message_payload (and no short_message) arrives with the same TLV."""
     async def body() -> None:
@@ -265,6 +271,7 @@ def test_message_payload_tlv_passes_through() -> None:
     run(body())
 
 
+@pytest.mark.slow
 def test_status_report_forwarded_as_0x08_to_original_sender_site() -> None:
     async def body() -> None:
         async with Village() as v:
@@ -279,6 +286,7 @@ def test_status_report_forwarded_as_0x08_to_original_sender_site() -> None:
     run(body())
 
 
+@pytest.mark.slow
 def test_acceptance_after_the_budget_is_counted_and_logged(
         caplog: pytest.LogCaptureFixture) -> None:
     """Without --queue, a destination that accepts after the budget made the phone hear
@@ -306,6 +314,7 @@ def test_acceptance_after_the_budget_is_counted_and_logged(
     assert len(late) == 1 and "ref=77" in late[0] and "to=2002" in late[0], late
 
 
+@pytest.mark.slow
 def test_local_recipient_goes_to_local_msc_over_ismpp() -> None:
     async def body() -> None:
         async with Village() as v:
@@ -316,6 +325,7 @@ def test_local_recipient_goes_to_local_msc_over_ismpp() -> None:
     run(body())
 
 
+@pytest.mark.slow
 def test_not_found_refused_configurable() -> None:
     async def body() -> None:
         async with Village() as v:
@@ -325,6 +335,7 @@ def test_not_found_refused_configurable() -> None:
     run(body())
 
 
+@pytest.mark.slow
 def test_destination_down_unreachable_refusing() -> None:
     async def body() -> None:
         async with Village() as v:
@@ -345,6 +356,7 @@ def test_destination_down_unreachable_refusing() -> None:
     run(body())
 
 
+@pytest.mark.slow
 def test_slow_destination_answered_in_budget_others_keep_flowing() -> None:
     async def body() -> None:
         async with Village() as v:  # default budget 4 s; the slow site answers after 6 s
@@ -362,6 +374,7 @@ def test_slow_destination_answered_in_budget_others_keep_flowing() -> None:
     run(body())
 
 
+@pytest.mark.slow
 def test_many_in_flight_out_of_order_one_bind_per_destination() -> None:
     async def body() -> None:
         async with Village(window=64) as v:
@@ -380,6 +393,7 @@ def test_many_in_flight_out_of_order_one_bind_per_destination() -> None:
     run(body())
 
 
+@pytest.mark.slow
 def test_nothing_lost() -> None:
     async def body() -> None:
         rnd = random.Random(5)
@@ -410,6 +424,7 @@ def test_nothing_lost() -> None:
     run(body())
 
 
+@pytest.mark.slow
 def test_malformed_pdus_answered_and_daemon_keeps_serving() -> None:
     async def body() -> None:
         async with Village() as v:
@@ -433,6 +448,7 @@ def test_malformed_pdus_answered_and_daemon_keeps_serving() -> None:
     run(body())
 
 
+@pytest.mark.slow
 def test_a_flood_of_malformed_pdus_logs_one_record_and_a_summary(
         caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch) -> None:
     """Issue 11 item 10: one warning per malformed PDU let a peer flood the log."""
@@ -461,6 +477,7 @@ def test_a_flood_of_malformed_pdus_logs_one_record_and_a_summary(
     assert '... and 499 more "malformed request"' in " ".join(messages)
 
 
+@pytest.mark.slow
 def test_smsc_drops_mid_stream_rebind_with_backoff() -> None:
     async def body() -> None:
         async with Village() as v:
@@ -483,6 +500,7 @@ def test_smsc_drops_mid_stream_rebind_with_backoff() -> None:
     run(body())
 
 
+@pytest.mark.slow
 def test_second_bind_appearing() -> None:
     async def body() -> None:
         async with Village() as v:
@@ -500,6 +518,7 @@ def test_second_bind_appearing() -> None:
     run(body())
 
 
+@pytest.mark.slow
 def test_osmpp_bind_refused_reported_clearly() -> None:
     async def body() -> None:
         for cfg, want in ((dict(password="bar"), "wrong password"),  # noqa: S106
@@ -519,6 +538,7 @@ def test_osmpp_bind_refused_reported_clearly() -> None:
     run(body())
 
 
+@pytest.mark.slow
 def test_enquire_link_and_ismpp_rebind() -> None:
     async def body() -> None:
         async with Village(enquire_interval=0.1) as v:

@@ -37,6 +37,8 @@ from dgsm_integrations.mslookup import AsyncResolver, Record, Responder
 from .conftest import LO
 from .peers.osmomsc import OsmoMsc, unpack_septets
 
+pytestmark = pytest.mark.slow  # real sockets and real time (or a real peer)
+
 MSC_PORT = 42790
 MDNS_PORT = 42800
 LOCAL = "127.0.0.2"
