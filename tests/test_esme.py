@@ -20,8 +20,9 @@ from typing import Any, TypeVar
 
 import pytest
 
+from dgsm_integrations.esme.config import EsmeConfig
 from dgsm_integrations.esme.errors import InvalidNumber, PduError
-from dgsm_integrations.esme.forwarder import Esme, EsmeConfig
+from dgsm_integrations.esme.forwarder import Esme
 from dgsm_integrations.esme.message import normalise_msisdn, parts_of
 from dgsm_integrations.esme.pdu import Status, build, decode
 from dgsm_integrations.esme.trust import TrustPolicy

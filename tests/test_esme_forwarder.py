@@ -16,8 +16,9 @@ from typing import Any
 
 import pytest
 
+from dgsm_integrations.esme.config import EsmeConfig
 from dgsm_integrations.esme.errors import ConnectionLost
-from dgsm_integrations.esme.forwarder import Esme, EsmeConfig
+from dgsm_integrations.esme.forwarder import Esme
 from dgsm_integrations.esme.routing import Routing
 from dgsm_integrations.esme.status import Status
 from dgsm_integrations.esme.store import message_key

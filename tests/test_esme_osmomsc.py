@@ -26,8 +26,9 @@ from typing import Any, TypeVar
 
 import pytest
 
+from dgsm_integrations.esme.config import EsmeConfig
 from dgsm_integrations.esme.connection import SmppConnection
-from dgsm_integrations.esme.forwarder import Esme, EsmeConfig
+from dgsm_integrations.esme.forwarder import Esme
 from dgsm_integrations.esme.pdu import Pdu, Status
 from dgsm_integrations.esme.trust import TrustPolicy
 from dgsm_integrations.lab.distro import Distro

@@ -35,16 +35,16 @@ from dataclasses import dataclass, field, fields
 from typing import Any, Protocol
 
 from ..mslookup import Endpoint, Result
-from .binds import BindConfig, IsmppPool, Opener, OsmppLink, open_tcp
+from .binds import IsmppPool, Opener, OsmppLink, open_tcp
+from .config import EsmeConfig
 from .connection import SmppConnection
 from .errors import InvalidNumber
 from .message import Message
 from .pdu import Pdu
 from .routing import NOT_QUEUED, Decision, Routing, internal_error
 from .status import Status
-from .trust import TrustPolicy
 
-__all__ = ["Clock", "Esme", "EsmeConfig", "EsmeStats", "Lookup", "Queue"]
+__all__ = ["Clock", "Esme", "EsmeStats", "Lookup", "Queue"]
 
 log = logging.getLogger("dgsm.esme")
 sms_log = logging.getLogger("dgsm.esme.sms")
@@ -65,52 +65,6 @@ class Queue(Protocol):
                       attempt: asyncio.Future[int] | None = None,
                       wait: float | None = None) -> bool: ...
     async def record_delivered(self, msg: Message) -> None: ...
-
-@dataclass(frozen=True, slots=True)
-class EsmeConfig:
-    src_host: str = "127.0.0.1"
-    src_port: int = 2775
-    system_id: str = "OSMPP"
-    password: str = "foo"  # noqa: S105 - OsmoMSC's example config
-    dst_system_id: str = "ISMPP"
-    dst_password: str = "foo"  # noqa: S105 - OsmoMSC's example config
-    budget: float = 4.0
-    not_found_status: int = Status.RINVDSTADR
-    window: int = 16
-    enquire_interval: float = 30.0
-    connect_timeout: float = 2.0
-    response_timeout: float = 10.0
-    backoff_min: float = 0.5
-    backoff_max: float = 30.0
-    max_in_flight: int = 5000
-    #: with a store: seconds of the budget kept for the durable write
-    store_reserve: float = 0.5
-    #: with a store: seconds the duplicate check may take before the SMS is routed anyway
-    store_check: float = 0.25
-    #: which SMSCs may get SMS and credentials; the default trusts nothing (see .trust)
-    trust: TrustPolicy = field(default_factory=TrustPolicy)
-    #: command_status for an SMS whose lookup named an untrusted SMSC
-    untrusted_status: int = Status.RSYSERR
-    routing: Routing = field(init=False, repr=False, compare=False)
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "routing", Routing(self.trust, self.not_found_status,
-                                                    self.untrusted_status))
-
-    def osmpp(self) -> BindConfig:
-        return BindConfig(self.system_id, self.password, "", self.connect_timeout,
-                          self.enquire_interval, self.response_timeout, self.backoff_min,
-                          self.backoff_max)
-
-    def ismpp(self, host: str | None = None) -> BindConfig:
-        """The ISMPP bind settings for the SMSC at ``host`` (its own credentials if any)."""
-        creds = None if host is None else self.trust.credentials_for(host)
-        system_id, password = ((self.dst_system_id, self.dst_password) if creds is None
-                               else (creds.system_id, creds.password))
-        return BindConfig(system_id, password, "", self.connect_timeout,
-                          self.enquire_interval, self.response_timeout, self.backoff_min,
-                          min(self.backoff_max, 10.0))
-
 
 @dataclass
 class EsmeStats:
