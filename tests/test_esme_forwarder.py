@@ -22,7 +22,7 @@ from dgsm_integrations.esme.forwarder import Esme
 from dgsm_integrations.esme.routing import Routing
 from dgsm_integrations.esme.status import Status
 from dgsm_integrations.esme.store import message_key
-from dgsm_integrations.esme.trust import TrustPolicy
+from dgsm_integrations.esme.trust import TrustPolicy, parse_site_credentials
 from dgsm_integrations.lab.smsc import mo_sms
 from dgsm_integrations.mslookup import Result
 
@@ -500,3 +500,44 @@ def test_an_injected_clock_times_the_log_line(caplog: pytest.LogCaptureFixture) 
     with caplog.at_level(logging.INFO, logger="dgsm.esme.sms"):
         in_village()(body)
     assert "time=500.0ms" in sms_lines(caplog)[0]
+
+
+# -- what is forwarded -----------------------------------------------------------------------
+
+def test_fields_pass_through_byte_for_byte() -> None:
+    async def body(v: Village) -> None:
+        v.lookup.place("2002", SITE4)
+        sent = mo_sms("1001", "+2002", "Привет".encode("utf-16-be"), data_coding=0x08,
+                      registered_delivery=1, protocol_id=0x3F, msg_ref=0xBEEF)
+        assert await v.msc.deliver(sent) == Status.ROK
+        [got] = v.site4.submits
+        for key in ("data_coding", "esm_class", "protocol_id", "registered_delivery",
+                    "source_addr_ton", "source_addr_npi", "user_message_reference",
+                    "dest_addr_ton", "short_message"):
+            assert got.get(key) == sent[key], key
+        assert got.get("source_addr") == b"1001" and got.get("destination_addr") == b"2002"
+        assert v.lookup.queries == ["smpp.sms.2002.msisdn"]
+    in_village()(body)
+
+
+def test_a_status_report_goes_as_0x08_to_the_original_senders_site() -> None:
+    async def body(v: Village) -> None:
+        v.lookup.place("1001", SITE3)  # the report's recipient: the original sender
+        v.lookup.place("2002", SITE4)
+        assert await v.msc.deliver(mo_sms("2002", "1001", b"\x00st", report=True)) == 0
+        assert v.site4.submits == [] and v.site3.submits[0].get("esm_class") == 0x08
+        assert v.stats.reports == 1
+    in_village()(body)
+
+
+def test_site_credentials_are_used_for_their_network_only() -> None:
+    creds = TrustPolicy.build(["10.0.0.0/24"], [parse_site_credentials("10.0.0.4/32=V4:pw4")])
+
+    async def body(v: Village) -> None:
+        v.site4.password = "pw4"  # noqa: S105
+        v.lookup.place("3", SITE3)
+        v.lookup.place("4", SITE4)
+        assert await v.send("3") == Status.ROK and await v.send("4") == Status.ROK
+        assert v.site3.binds == [("ISMPP", "bind_transmitter", 0)]
+        assert v.site4.binds == [("V4", "bind_transmitter", 0)]
+    in_village(trust=creds)(body)

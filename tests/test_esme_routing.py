@@ -37,8 +37,8 @@ def test_the_query_is_smpp_sms_of_the_normalised_msisdn() -> None:
 
 def test_a_trusted_answer_is_forwarded_to_its_smsc_with_site_and_age() -> None:
     d = RULES.decide(found())
-    assert d == Decision(Status.ROK, FORWARD, "10.23.4.1", 7, SMSC)
-    assert d.forward and not d.accepted
+    assert d == Decision(Status.RSYSERR, FORWARD, "10.23.4.1", 7, SMSC)
+    assert d.forward and not d.accepted  # answered as it stands, it would be an error
 
 
 def test_ipv4_is_preferred_when_the_answer_has_both() -> None:

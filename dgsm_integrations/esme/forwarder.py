@@ -66,6 +66,7 @@ class Queue(Protocol):
                       wait: float | None = None) -> bool: ...
     async def record_delivered(self, msg: Message) -> None: ...
 
+
 @dataclass
 class EsmeStats:
     """Counters (monotonic). ``received`` = the sum of the ``answered_*`` and

@@ -42,7 +42,9 @@ class Decision:
     """What one SMS is answered (``status``) and why (``result``, ``detail``), with the
     site that answered the lookup, its age and the SMSC (``destination``) if there was one.
 
-    ``forward`` decisions carry the destination to submit to and no final status yet."""
+    A ``forward`` decision carries the destination to submit to; its status is RSYSERR,
+    what the phone hears should the forward never happen (fail-safe: nothing is answered
+    ROK that was not delivered or stored)."""
 
     status: int
     result: str
@@ -58,7 +60,7 @@ class Decision:
     @property
     def accepted(self) -> bool:
         """The deliver_sm is answered ROK."""
-        return self.status == Status.ROK and not self.forward
+        return self.status == Status.ROK
 
     def but(self, status: int, result: str, detail: str | None = None) -> Decision:
         """The same SMS and destination, another outcome."""
@@ -101,7 +103,7 @@ class Routing:
             return Decision(self.untrusted_status, "untrusted-destination", site, age, endpoint,
                             detail=f"{who} is outside the trusted networks "
                                    f"({trust.describe()})")
-        return Decision(Status.ROK, FORWARD, site, age, endpoint)
+        return Decision(Status.RSYSERR, FORWARD, site, age, endpoint)
 
     @staticmethod
     def delivered(to: Decision, message_id: str) -> Decision:
