@@ -290,11 +290,18 @@ class TableLookup:
         self.delay = 0.0
         self.error: BaseException | None = None
         self.queries: list[str] = []
+        self.opened = False
 
     def place(self, msisdn: str, host: str, age: int = 0, site: str | None = None) -> None:
         query = Query.parse(f"smpp.sms.{msisdn}.msisdn")
         self.table[str(query)] = Result(query, Outcome.FOUND, age=age,
                                         v4=Endpoint(host, 2775), site=site or host)
+
+    async def open(self) -> None:
+        self.opened = True
+
+    async def close(self) -> None:
+        self.opened = False
 
     async def resolve(self, query: str) -> Result:
         self.queries.append(query)

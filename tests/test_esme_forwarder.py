@@ -16,6 +16,7 @@ from typing import Any
 
 import pytest
 
+from dgsm_integrations.esme.cli import EsmeServer
 from dgsm_integrations.esme.config import EsmeConfig
 from dgsm_integrations.esme.errors import ConnectionLost
 from dgsm_integrations.esme.forwarder import Esme
@@ -26,7 +27,7 @@ from dgsm_integrations.esme.trust import TrustPolicy, parse_site_credentials
 from dgsm_integrations.lab.smsc import mo_sms
 from dgsm_integrations.mslookup import Result
 
-from .esme_memory import MemoryNetwork, MemoryQueue, MemorySmsc, TableLookup, run
+from .esme_memory import MemoryNetwork, MemoryQueue, MemorySmsc, TableLookup, run, until
 
 MSC, SITE3, SITE4, DOWN, SILENT, ROGUE = ("10.0.0.1", "10.0.0.3", "10.0.0.4", "10.0.0.5",
                                           "10.0.0.6", "10.99.0.9")
@@ -541,3 +542,32 @@ def test_site_credentials_are_used_for_their_network_only() -> None:
         assert v.site3.binds == [("ISMPP", "bind_transmitter", 0)]
         assert v.site4.binds == [("V4", "bind_transmitter", 0)]
     in_village(trust=creds)(body)
+
+
+# -- the daemon's stop ---------------------------------------------------------------------------
+
+@pytest.mark.parametrize(("grace", "answered"), [(2.0, True), (0.0, False)])
+def test_on_stop_grace_lets_sms_in_flight_be_answered(grace: float, answered: bool) -> None:
+    async def main() -> None:
+        net = MemoryNetwork()
+        msc, site3 = MemorySmsc(net, MSC), MemorySmsc(net, SITE3)
+        lookup = TableLookup()
+        lookup.place("2002", SITE3)
+        site3.submit_delay = 1.0
+        config = EsmeConfig(src_host=MSC, trusted=("10.0.0.0/24",), grace=grace)
+        server = EsmeServer(config, lookup, net.open)
+        await server.start()
+        assert lookup.opened
+        pending = asyncio.ensure_future(msc.deliver(mo_sms("1001", "2002", b"x")))
+        await until(lambda: len(site3.submits) == 1)
+        t0 = asyncio.get_running_loop().time()
+        await server.close()
+        assert not lookup.opened and site3.conns == []  # the ISMPP bind is closed too
+        if answered:
+            assert await pending == Status.ROK
+            assert asyncio.get_running_loop().time() - t0 == pytest.approx(1.0)
+        else:
+            with pytest.raises(ConnectionLost):
+                await pending
+        assert server.stats.received == 1 and server.active == 0
+    run(main())

@@ -28,7 +28,7 @@ from .pdu import Pdu, Status
 
 __all__ = ["BindConfig", "IsmppLink", "IsmppPool", "Opener", "OsmppLink", "open_tcp"]
 
-log = logging.getLogger("dgsm.esme.links")
+log = logging.getLogger("dgsm.esme.binds")
 
 SMPP_VERSION = 0x34
 

@@ -16,6 +16,7 @@ from typing import Any
 
 from .._daemon import run_daemon, settings_from_args
 from ..mslookup import DEFAULT_GROUP_V4, DEFAULT_PORT, AsyncResolver
+from .binds import Opener, open_tcp
 from .config import EsmeConfig
 from .errors import CredentialsError
 from .forwarder import Esme, EsmeStats
@@ -178,10 +179,14 @@ class EsmeServer:
     """The daemon for :func:`run_daemon`: the ESME with its resolver, and the store and the
     metrics server when configured."""
 
-    def __init__(self, config: EsmeConfig) -> None:
+    def __init__(self, config: EsmeConfig, resolver: Any = None,
+                 opener: Opener = open_tcp) -> None:
+        """``resolver``: anything with ``open``, ``close`` and ``resolve`` (default: an
+        AsyncResolver of the config's mslookup settings); ``opener``: how binds connect."""
         self.config = config
-        self.resolver = AsyncResolver(**config.resolver_kwargs())
-        self.esme = Esme(config, self.resolver)
+        self.resolver = resolver if resolver is not None else AsyncResolver(
+            **config.resolver_kwargs())
+        self.esme = Esme(config, self.resolver, opener=opener)
         self.stats: EsmeStats = self.esme.stats  # counted in place, never replaced
         self._stack = contextlib.AsyncExitStack()
         self._task: asyncio.Task[None] | None = None
