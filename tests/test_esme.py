@@ -20,9 +20,11 @@ from typing import Any, TypeVar
 
 import pytest
 
-from dgsm_integrations.esme.app import Esme, EsmeConfig
-from dgsm_integrations.esme.message import InvalidNumber, normalise_msisdn, parts_of
-from dgsm_integrations.esme.pdu import PduError, Status, build, decode
+from dgsm_integrations.esme.config import EsmeConfig
+from dgsm_integrations.esme.errors import InvalidNumber, PduError
+from dgsm_integrations.esme.forwarder import Esme
+from dgsm_integrations.esme.message import normalise_msisdn, parts_of
+from dgsm_integrations.esme.pdu import Status, build, decode
 from dgsm_integrations.esme.trust import TrustPolicy
 from dgsm_integrations.lab.smsc import SmscPeer, mo_sms, pdu
 from dgsm_integrations.mslookup import AsyncResolver, Record, Responder
@@ -157,6 +159,7 @@ CODINGS = [
 ]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("name", "dcs", "payload", "udh"), CODINGS,
                          ids=[c[0] for c in CODINGS])
 def test_byte_exact_forward_to_youngest(name: str, dcs: int, payload: bytes,
@@ -181,6 +184,7 @@ def test_byte_exact_forward_to_youngest(name: str, dcs: int, payload: bytes,
     run(body())
 
 
+@pytest.mark.slow
 def test_plus_number_and_network_specific() -> None:
     async def body() -> None:
         async with Village() as v:
@@ -192,6 +196,7 @@ def test_plus_number_and_network_specific() -> None:
     run(body())
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("dst", ["", "abc", "1234567890123456", "12 34", "+", "*100#"])
 def test_junk_numbers_refused_before_lookup(dst: str) -> None:
     async def body() -> None:
@@ -203,6 +208,7 @@ def test_junk_numbers_refused_before_lookup(dst: str) -> None:
     run(body())
 
 
+@pytest.mark.slow
 def test_concatenated_three_parts_each_routed() -> None:
     async def body() -> None:
         async with Village() as v:
@@ -217,6 +223,7 @@ def test_concatenated_three_parts_each_routed() -> None:
     run(body())
 
 
+@pytest.mark.slow
 def test_255_part_message_every_part_routed_byte_exact() -> None:
     """The longest concatenated SMS: 255 deliver_sm, all in flight at once, one bind."""
     async def body() -> None:
@@ -247,6 +254,7 @@ def test_smpplib_caps_message_payload_at_260_bytes_our_gate_does_not() -> None:
     assert got.get("message_payload") == bytes(range(256)) * 4
 
 
+@pytest.mark.slow
 def test_message_payload_tlv_passes_through() -> None:
     """A deliver_sm with message_payload (and no short_message) arrives with the same TLV."""
     async def body() -> None:
@@ -264,6 +272,7 @@ def test_message_payload_tlv_passes_through() -> None:
     run(body())
 
 
+@pytest.mark.slow
 def test_status_report_forwarded_as_0x08_to_original_sender_site() -> None:
     async def body() -> None:
         async with Village() as v:
@@ -278,6 +287,7 @@ def test_status_report_forwarded_as_0x08_to_original_sender_site() -> None:
     run(body())
 
 
+@pytest.mark.slow
 def test_acceptance_after_the_budget_is_counted_and_logged(
         caplog: pytest.LogCaptureFixture) -> None:
     """Without --queue, a destination that accepts after the budget made the phone hear
@@ -305,6 +315,7 @@ def test_acceptance_after_the_budget_is_counted_and_logged(
     assert len(late) == 1 and "ref=77" in late[0] and "to=2002" in late[0], late
 
 
+@pytest.mark.slow
 def test_local_recipient_goes_to_local_msc_over_ismpp() -> None:
     async def body() -> None:
         async with Village() as v:
@@ -315,6 +326,7 @@ def test_local_recipient_goes_to_local_msc_over_ismpp() -> None:
     run(body())
 
 
+@pytest.mark.slow
 def test_not_found_refused_configurable() -> None:
     async def body() -> None:
         async with Village() as v:
@@ -324,6 +336,7 @@ def test_not_found_refused_configurable() -> None:
     run(body())
 
 
+@pytest.mark.slow
 def test_destination_down_unreachable_refusing() -> None:
     async def body() -> None:
         async with Village() as v:
@@ -344,6 +357,7 @@ def test_destination_down_unreachable_refusing() -> None:
     run(body())
 
 
+@pytest.mark.slow
 def test_slow_destination_answered_in_budget_others_keep_flowing() -> None:
     async def body() -> None:
         async with Village() as v:  # default budget 4 s; the slow site answers after 6 s
@@ -361,6 +375,7 @@ def test_slow_destination_answered_in_budget_others_keep_flowing() -> None:
     run(body())
 
 
+@pytest.mark.slow
 def test_many_in_flight_out_of_order_one_bind_per_destination() -> None:
     async def body() -> None:
         async with Village(window=64) as v:
@@ -379,6 +394,7 @@ def test_many_in_flight_out_of_order_one_bind_per_destination() -> None:
     run(body())
 
 
+@pytest.mark.slow
 def test_nothing_lost() -> None:
     async def body() -> None:
         rnd = random.Random(5)
@@ -409,6 +425,7 @@ def test_nothing_lost() -> None:
     run(body())
 
 
+@pytest.mark.slow
 def test_malformed_pdus_answered_and_daemon_keeps_serving() -> None:
     async def body() -> None:
         async with Village() as v:
@@ -432,14 +449,15 @@ def test_malformed_pdus_answered_and_daemon_keeps_serving() -> None:
     run(body())
 
 
+@pytest.mark.slow
 def test_a_flood_of_malformed_pdus_logs_one_record_and_a_summary(
         caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch) -> None:
     """Issue 11 item 10: one warning per malformed PDU let a peer flood the log."""
     from dgsm_integrations._ratelimit import LogLimiter
-    from dgsm_integrations.esme import session
+    from dgsm_integrations.esme import connection
 
-    limited = LogLimiter(session.log)
-    monkeypatch.setattr(session, "_limited", limited, raising=False)
+    limited = LogLimiter(connection.log)
+    monkeypatch.setattr(connection, "_limited", limited, raising=False)
 
     async def body() -> None:
         async with Village() as v:
@@ -460,6 +478,7 @@ def test_a_flood_of_malformed_pdus_logs_one_record_and_a_summary(
     assert '... and 499 more "malformed request"' in " ".join(messages)
 
 
+@pytest.mark.slow
 def test_smsc_drops_mid_stream_rebind_with_backoff() -> None:
     async def body() -> None:
         async with Village() as v:
@@ -482,6 +501,7 @@ def test_smsc_drops_mid_stream_rebind_with_backoff() -> None:
     run(body())
 
 
+@pytest.mark.slow
 def test_second_bind_appearing() -> None:
     async def body() -> None:
         async with Village() as v:
@@ -499,6 +519,7 @@ def test_second_bind_appearing() -> None:
     run(body())
 
 
+@pytest.mark.slow
 def test_osmpp_bind_refused_reported_clearly() -> None:
     async def body() -> None:
         for cfg, want in ((dict(password="bar"), "wrong password"),  # noqa: S106
@@ -518,6 +539,7 @@ def test_osmpp_bind_refused_reported_clearly() -> None:
     run(body())
 
 
+@pytest.mark.slow
 def test_enquire_link_and_ismpp_rebind() -> None:
     async def body() -> None:
         async with Village(enquire_interval=0.1) as v:

@@ -26,9 +26,10 @@ from typing import Any, TypeVar
 
 import pytest
 
-from dgsm_integrations.esme.app import Esme, EsmeConfig
+from dgsm_integrations.esme.config import EsmeConfig
+from dgsm_integrations.esme.connection import SmppConnection
+from dgsm_integrations.esme.forwarder import Esme
 from dgsm_integrations.esme.pdu import Pdu, Status
-from dgsm_integrations.esme.session import SmppConnection
 from dgsm_integrations.esme.trust import TrustPolicy
 from dgsm_integrations.lab.distro import Distro
 from dgsm_integrations.lab.smsc import SmscPeer, mo_sms
@@ -36,6 +37,8 @@ from dgsm_integrations.mslookup import AsyncResolver, Record, Responder
 
 from .conftest import LO
 from .peers.osmomsc import OsmoMsc, unpack_septets
+
+pytestmark = pytest.mark.slow  # real sockets and real time (or a real peer)
 
 MSC_PORT = 42790
 MDNS_PORT = 42800

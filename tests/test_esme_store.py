@@ -10,6 +10,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from dgsm_integrations.esme.pdu import Status
 from dgsm_integrations.esme.store import Store
 from dgsm_integrations.lab.smsc import SmscPeer, mo_sms
@@ -17,6 +19,8 @@ from dgsm_integrations.mslookup import Responder
 
 from .conftest import LO
 from .test_esme import DOWN, LOCAL, PORT, SITE3, Village, rec, run
+
+pytestmark = pytest.mark.slow  # real sockets and real time (or a real peer)
 
 
 def test_queued_then_delivered_once_and_resend_not_duplicated(tmp_path: Path) -> None:

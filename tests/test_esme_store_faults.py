@@ -19,6 +19,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from dgsm_integrations.esme.pdu import Status
 from dgsm_integrations.esme.store import Store
 from dgsm_integrations.lab.smsc import SmscPeer, mo_sms
@@ -27,6 +29,8 @@ from dgsm_integrations.mslookup import Responder
 from .conftest import LO
 from .test_esme import DOWN, LOCAL, PORT, SITE3, Village, rec, run
 from .test_esme_store import _daemon, _metrics
+
+pytestmark = pytest.mark.slow  # real sockets and real time (or a real peer)
 
 
 @contextlib.contextmanager

@@ -21,10 +21,10 @@ from pathlib import Path
 import pytest
 
 from dgsm_integrations.esme.cli import build_parser, trust_from
+from dgsm_integrations.esme.errors import CredentialsError
 from dgsm_integrations.esme.pdu import Status
 from dgsm_integrations.esme.store import Store
 from dgsm_integrations.esme.trust import (
-    CredentialsError,
     TrustPolicy,
     parse_credentials_file,
     parse_site_credentials,
@@ -62,6 +62,7 @@ class Listener:
         await self._server.wait_closed()
 
 
+@pytest.mark.slow
 def test_untrusted_smsc_gets_rsyserr_and_no_connection(tmp_path: Path) -> None:
     async def body() -> None:
         async with Listener(ATTACKER) as spy, \
@@ -79,6 +80,7 @@ def test_untrusted_smsc_gets_rsyserr_and_no_connection(tmp_path: Path) -> None:
     run(body())
 
 
+@pytest.mark.slow
 def test_answer_from_an_untrusted_source_is_refused() -> None:
     async def body() -> None:
         trust = TrustPolicy.build(["127.0.0.2/32", "127.0.0.3/32", "127.0.0.12/32"])
@@ -92,6 +94,7 @@ def test_answer_from_an_untrusted_source_is_refused() -> None:
     run(body())
 
 
+@pytest.mark.slow
 def test_nothing_trusted_by_default_forwards_nothing(caplog: pytest.LogCaptureFixture) -> None:
     async def body() -> None:
         async with Listener(ATTACKER) as spy, Village(trust=TrustPolicy()) as v:
@@ -108,6 +111,7 @@ def test_nothing_trusted_by_default_forwards_nothing(caplog: pytest.LogCaptureFi
     assert "--trust-any-site" in said[0].getMessage()
 
 
+@pytest.mark.slow
 def test_trust_any_site_is_the_old_behaviour_and_warns(caplog: pytest.LogCaptureFixture) -> None:
     async def body() -> None:
         async with Village(trust=TrustPolicy(any_site=True)) as v:
@@ -119,6 +123,7 @@ def test_trust_any_site_is_the_old_behaviour_and_warns(caplog: pytest.LogCapture
     assert len(said) == 1 and "unauthenticated" in said[0]
 
 
+@pytest.mark.slow
 def test_per_site_credentials_most_specific_wins() -> None:
     async def body() -> None:
         creds = [parse_site_credentials("127.0.0.3/32=VILLAGE3:pw:3"),
@@ -138,6 +143,7 @@ def test_per_site_credentials_most_specific_wins() -> None:
     run(body())
 
 
+@pytest.mark.slow
 def test_credentials_parsing(tmp_path: Path) -> None:
     c = parse_site_credentials("10.8.1.7/24=ISMPP:a:b")
     assert (str(c.network), c.system_id, c.password) == ("10.8.1.0/24", "ISMPP", "a:b")
@@ -191,6 +197,7 @@ async def _stop(proc: subprocess.Popen[bytes]) -> str:
     return err.decode(errors="replace")
 
 
+@pytest.mark.slow
 def test_daemon_spoofed_answer_loses_to_the_trusted_one() -> None:
     async def body() -> None:
         async with _spoofed() as (msc, site3, spy):
@@ -206,6 +213,7 @@ def test_daemon_spoofed_answer_loses_to_the_trusted_one() -> None:
     run(body())
 
 
+@pytest.mark.slow
 def test_daemon_without_trust_refuses_and_says_what_to_set() -> None:
     async def body() -> None:
         async with _spoofed() as (msc, site3, spy):

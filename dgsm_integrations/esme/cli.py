@@ -1,4 +1,9 @@
-"""``esme_dgsm``: the D-GSM SMS router beside OsmoMSC (see docs/esme.md)."""
+"""``esme_dgsm``: the D-GSM SMS router beside OsmoMSC (see docs/esme.md).
+
+The flags become an :class:`EsmeConfig` (validated as every adapter's config is), and
+:func:`dgsm_integrations._daemon.run_daemon` does the rest, as for ``dgsm-fastagi`` and
+``dgsm-fs-esl``: ``--check``, logging, serving :class:`EsmeServer` until SIGTERM/SIGINT.
+"""
 
 from __future__ import annotations
 
@@ -6,15 +11,20 @@ import argparse
 import asyncio
 import contextlib
 import logging
-import signal
-import sys
 from collections.abc import Sequence
+from typing import Any
 
-from ..mslookup import DEFAULT_GROUP_V4, DEFAULT_PORT, AsyncResolver, MslookupError
-from .app import EsmeConfig
-from .trust import CredentialsError, TrustPolicy, parse_credentials_file, parse_site_credentials
+from .._daemon import run_daemon, settings_from_args
+from ..mslookup import DEFAULT_GROUP_V4, DEFAULT_PORT, AsyncResolver
+from .binds import Opener, open_tcp
+from .config import EsmeConfig
+from .errors import CredentialsError
+from .forwarder import Esme, EsmeStats
+from .metrics import MetricsServer
+from .store import Store
+from .trust import TrustPolicy, parse_site_credentials
 
-__all__ = ["build_parser", "config_from", "install_signal_handlers", "main"]
+__all__ = ["EsmeServer", "build_parser", "config_from", "main", "trust_from"]
 
 log = logging.getLogger("dgsm.esme")
 
@@ -40,11 +50,26 @@ def _window(text: str) -> int:
     return value
 
 
-def _site_credentials(text: str) -> object:
+def _site_credentials(text: str) -> str:
     try:
-        return parse_site_credentials(text)
+        parse_site_credentials(text)
     except CredentialsError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None
+    return text
+
+
+class _Join(argparse.Action):
+    """A repeatable flag kept as one text value (the runner passes settings as text):
+    ``--trusted`` comma separated, ``--site-credentials`` one per line."""
+
+    def __init__(self, *args: Any, sep: str = ",", **kwargs: Any) -> None:
+        self.sep = sep
+        super().__init__(*args, **kwargs)
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace,
+                 values: Any, option_string: str | None = None) -> None:
+        old = getattr(namespace, self.dest, None)
+        setattr(namespace, self.dest, str(values) if old is None else f"{old}{self.sep}{values}")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -70,7 +95,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--dst-system-id", default=d.dst_system_id,
                    help="our system-id at every destination SMSC (the local one too)")
     g.add_argument("--dst-password", default=d.dst_password, help="its password")
-    g.add_argument("--site-credentials", action="append", default=[],
+    g.add_argument("--site-credentials", action=_Join, sep="\n", default=None,
                    type=_site_credentials, metavar="NET=SYSTEM_ID:PASSWORD",
                    help="trust the SMSCs in NET and bind to them with these credentials "
                         "instead of --dst-system-id/--dst-password (repeatable; the most "
@@ -92,15 +117,17 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--max-in-flight", type=int, default=d.max_in_flight,
                    help="deliver_sm handled at once; beyond, RTHROTTLED")
     g = p.add_argument_group("mslookup")
-    g.add_argument("--mslookup-interface", default=None, metavar="IF|ADDR",
+    g.add_argument("--mslookup-interface", dest="interface", default=None, metavar="IF|ADDR",
                    help="interface name or local IPv4 address for mslookup multicast")
-    g.add_argument("--mslookup-group", default=DEFAULT_GROUP_V4, help="multicast group")
-    g.add_argument("--mslookup-port", type=int, default=DEFAULT_PORT, help="multicast port")
+    g.add_argument("--mslookup-group", dest="group", default=DEFAULT_GROUP_V4,
+                   help="multicast group")
+    g.add_argument("--mslookup-port", dest="mdns_port", type=int, default=DEFAULT_PORT,
+                   help="multicast port")
     g.add_argument("--min-delay", type=float, default=1.0,
                    help="seconds to collect answers before taking the youngest")
-    g.add_argument("--lookup-timeout", type=float, default=None,
+    g.add_argument("--lookup-timeout", dest="timeout", type=float, default=None,
                    help="seconds until a lookup gives up (default: min-delay)")
-    g.add_argument("--trusted", action="append", default=None, metavar="NET",
+    g.add_argument("--trusted", action=_Join, default=None, metavar="NET",
                    help="forward only to SMSCs in this network, named by answers from this "
                         "network (repeatable; this village's own too). Without any "
                         "--trusted or --site-credentials nothing is forwarded")
@@ -115,78 +142,90 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--queue", default=None, metavar="PATH",
                    help="SQLite file: accept an SMS whose recipient's site is unreachable or "
                         "unknown once durably stored, and keep retrying it")
-    g.add_argument("--validity", type=_positive, default=24 * 3600.0,
+    g.add_argument("--validity", type=_positive, default=d.validity,
                    help="seconds a stored SMS is retried before it is dropped")
-    g.add_argument("--retry-min", type=_positive, default=30.0,
+    g.add_argument("--retry-min", type=_positive, default=d.retry_min,
                    help="seconds before the first retry of a stored SMS (doubling after)")
-    g.add_argument("--retry-max", type=_positive, default=1800.0,
+    g.add_argument("--retry-max", type=_positive, default=d.retry_max,
                    help="longest pause between retries of a stored SMS")
-    g.add_argument("--retry-window", type=_window, default=8,
+    g.add_argument("--retry-window", type=_window, default=d.retry_window,
                    help="stored SMS being retried at once; after a kill -9 at most this "
                         "many (plus the direct attempts outstanding) may arrive twice")
     g = p.add_argument_group("operations")
     g.add_argument("--metrics-port", type=int, default=None,
                    help="serve Prometheus counters on this HTTP port (off by default)")
-    g.add_argument("--metrics-host", default="127.0.0.1", help="address for --metrics-port")
+    g.add_argument("--metrics-host", default=d.metrics_host, help="address for --metrics-port")
     g.add_argument("--log-level", default="INFO",
                    choices=["DEBUG", "INFO", "WARNING", "ERROR"], help="log verbosity")
+    g.add_argument("--grace", type=float, default=d.grace,
+                   help="on SIGTERM, seconds to let SMS in flight be answered")
+    g.add_argument("--check", action="store_true",
+                   help="print the effective settings and exit (0 if they are valid)")
+    p.set_defaults(config=None)  # no settings file: the flags are the whole configuration
     return p
+
+
+def config_from(args: argparse.Namespace) -> EsmeConfig:
+    """The configuration the flags make (raises ConfigError, CredentialsError among them)."""
+    return EsmeConfig.from_strings(settings_from_args(args))
 
 
 def trust_from(args: argparse.Namespace) -> TrustPolicy:
     """The trust policy of the command line (raises CredentialsError for a bad file)."""
-    creds = list(getattr(args, "site_credentials", None) or [])
-    if getattr(args, "credentials_file", None):
+    return config_from(args).trust
+
+
+class EsmeServer:
+    """The daemon for :func:`run_daemon`: the ESME with its resolver, and the store and the
+    metrics server when configured."""
+
+    def __init__(self, config: EsmeConfig, resolver: Any = None,
+                 opener: Opener = open_tcp) -> None:
+        """``resolver``: anything with ``open``, ``close`` and ``resolve`` (default: an
+        AsyncResolver of the config's mslookup settings); ``opener``: how binds connect."""
+        self.config = config
+        self.resolver = resolver if resolver is not None else AsyncResolver(
+            **config.resolver_kwargs())
+        self.esme = Esme(config, self.resolver, opener=opener)
+        self.stats: EsmeStats = self.esme.stats  # counted in place, never replaced
+        self._stack = contextlib.AsyncExitStack()
+        self._task: asyncio.Task[None] | None = None
+
+    @property
+    def active(self) -> int:
+        return self.esme.in_flight
+
+    async def start(self) -> None:
+        config = self.config
+        await self.resolver.open()
         try:
-            creds += parse_credentials_file(args.credentials_file)
-        except OSError as exc:
-            raise CredentialsError(f"--credentials-file: {exc}") from None
-    return TrustPolicy.build(args.trusted, creds, bool(getattr(args, "trust_any_site", False)))
+            if config.queue:
+                store = Store(config.queue, validity=config.validity,
+                              retry_min=config.retry_min, retry_max=config.retry_max,
+                              window=config.retry_window)
+                await self._stack.enter_async_context(store.attach(self.esme))
+            if config.metrics_port is not None:
+                await self._stack.enter_async_context(
+                    MetricsServer(self.esme, config.metrics_host, config.metrics_port))
+        except BaseException:
+            await self._stack.aclose()
+            raise
+        self._task = asyncio.get_running_loop().create_task(self.esme.run(), name="esme")
 
-
-def config_from(args: argparse.Namespace) -> EsmeConfig:
-    return EsmeConfig(
-        trust=trust_from(args), untrusted_status=args.untrusted_status,
-        src_host=args.src_host, src_port=args.src_port, system_id=args.system_id,
-        password=args.password, dst_system_id=args.dst_system_id,
-        dst_password=args.dst_password, budget=args.budget,
-        not_found_status=args.not_found_status, window=args.window,
-        enquire_interval=args.enquire_interval, connect_timeout=args.connect_timeout,
-        max_in_flight=args.max_in_flight)
-
-
-async def serve(args: argparse.Namespace) -> int:
-    from . import runtime  # store and metrics, only when asked for
-
-    config = config_from(args)
-    trust = config.trust
-    # the resolver drops answers from / naming untrusted addresses, so a spoofed answer
-    # cannot win over the real one; with nothing trusted the ESME refuses (and logs) them
-    networks = None if trust.any_site or not trust.networks else trust.networks
-    resolver = AsyncResolver(interface=args.mslookup_interface, group=args.mslookup_group,
-                             port=args.mslookup_port, min_delay=args.min_delay,
-                             timeout=args.lookup_timeout, trusted=networks,
-                             allow_loopback=args.allow_loopback)
-    async with resolver:
-        return await runtime.run_daemon(config, resolver, args)
+    async def close(self, grace: float | None = None) -> None:
+        grace = self.config.grace if grace is None else grace
+        if grace > 0 and self.esme.in_flight:
+            with contextlib.suppress(TimeoutError):
+                await self.esme.wait_idle(grace)
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        await self._stack.aclose()
+        await self.resolver.close()
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``esme_dgsm`` console script."""
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=args.log_level,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    try:
-        return asyncio.run(serve(args))
-    except KeyboardInterrupt:
-        return 0
-    except (MslookupError, CredentialsError) as exc:
-        print(f"esme_dgsm: {exc}", file=sys.stderr)
-        return 2
-
-
-def install_signal_handlers(stop: asyncio.Event) -> None:
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        with contextlib.suppress(NotImplementedError, RuntimeError):
-            loop.add_signal_handler(sig, stop.set)
-
+    return run_daemon("esme_dgsm", args, EsmeConfig.from_strings, EsmeServer, log)

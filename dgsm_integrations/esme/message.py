@@ -14,12 +14,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from .errors import InvalidNumber
 from .pdu import Pdu
 
 __all__ = [
     "MANDATORY",
     "PASS_TLVS",
-    "InvalidNumber",
     "Message",
     "normalise_msisdn",
     "parts_of",
@@ -47,10 +47,6 @@ ESM_UDHI = 0x40
 #: subscriber number. Alphanumeric (5) and abbreviated (6) are never an MSISDN.
 NUMERIC_TONS = frozenset({0, 1, 2, 3, 4})
 NPI_ISDN, NPI_PRIVATE = 1, 9
-
-
-class InvalidNumber(ValueError):
-    """The destination is not an MSISDN (refused before any lookup)."""
 
 
 def normalise_msisdn(ton: int | None, addr: bytes | None) -> str:

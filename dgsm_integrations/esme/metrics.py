@@ -11,7 +11,7 @@ import contextlib
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from .app import Esme
+    from .forwarder import Esme
 
 __all__ = ["MetricsServer", "render"]
 

@@ -20,13 +20,15 @@ import smpplib.command_codes as command_codes
 import smpplib.consts as consts
 import smpplib.ptypes as ptypes
 
+from .errors import PduError
+from .status import Status
+
 __all__ = [
     "GENERIC_NACK",
     "HEADER",
     "MAX_PDU",
     "MIN_PDU",
     "Pdu",
-    "PduError",
     "Status",
     "build",
     "command_name",
@@ -39,40 +41,6 @@ MIN_PDU = 16
 #: OsmoMSC accepts up to 65535 bytes; a deliver_sm/submit_sm is at most a few hundred.
 MAX_PDU = 65535
 GENERIC_NACK = 0x80000000
-
-
-class Status:
-    """The SMPP command_status values we use (SMPP 3.4, section 5.1.3)."""
-
-    ROK = 0x00
-    RINVMSGLEN = 0x01
-    RINVCMDLEN = 0x02
-    RINVCMDID = 0x03
-    RINVBNDSTS = 0x04
-    RALYBND = 0x05
-    RSYSERR = 0x08
-    RINVDSTADR = 0x0B
-    RINVPASWD = 0x0E
-    RINVSYSID = 0x0F
-    RMSGQFUL = 0x14
-    RTHROTTLED = 0x58
-    RINVOPTPARSTREAM = 0xC0
-    RINVPARLEN = 0xC2
-
-    @staticmethod
-    def describe(status: int) -> str:
-        text = consts.DESCRIPTIONS.get(status, "unknown status")
-        return f"{text} (0x{status:02x})"
-
-
-class PduError(ValueError):
-    """A PDU that cannot be decoded. ``status`` is what to answer; ``fatal`` means the
-    framing itself is broken and the connection must be closed."""
-
-    def __init__(self, message: str, status: int = Status.RINVMSGLEN, fatal: bool = False):
-        super().__init__(message)
-        self.status = status
-        self.fatal = fatal
 
 
 _CODES: dict[int, str] = {code: name for name, code in command_codes.commands.items()}

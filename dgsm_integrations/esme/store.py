@@ -46,13 +46,14 @@ from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from .errors import CorruptQueue
 from .message import Message
 from .pdu import Status
 
 if TYPE_CHECKING:
-    from .app import Esme
+    from .forwarder import Esme
 
-__all__ = ["CorruptQueue", "Store", "message_key"]
+__all__ = ["Store", "message_key"]
 
 log = logging.getLogger("dgsm.esme.store")
 T = TypeVar("T")
@@ -83,10 +84,6 @@ _ERR_MIN, _ERR_MAX = 0.5, 30.0
 _FAULT_LOG_INTERVAL = 10.0
 #: seconds a background write (a delivery record) may wait for the store
 _BACKGROUND_WAIT = 10.0
-
-
-class CorruptQueue(Exception):
-    """The queue file is not a usable esme_dgsm queue."""
 
 
 def _is_corrupt(exc: sqlite3.DatabaseError) -> bool:
@@ -120,10 +117,15 @@ class Store:
 
     def __init__(self, path: str, *, validity: float = 24 * 3600.0, retry_min: float = 30.0,
                  retry_max: float = 1800.0, keep_delivered: float = 3600.0, window: int = 8,
-                 busy: float = 1.0, recent: int = 16384) -> None:
+                 busy: float = 1.0, recent: int = 16384,
+                 clock: Callable[[], float] | None = None) -> None:
         if window < 1:
             raise ValueError("the retry window must be at least 1")
         self.path = path
+        #: durations within this process (call deadlines, the in-memory duplicate check, the
+        #: error-log interval): the event loop's clock unless given. What is written to the
+        #: file (created, expires, next_try) is wall-clock time: it outlives the process.
+        self.clock = clock
         self.validity = validity
         self.retry_min = retry_min
         self.retry_max = retry_max
@@ -150,7 +152,7 @@ class Store:
         self.quarantined: str | None = None
         self.opened = asyncio.Event()
         self._failing = False
-        self._next_fault_log = 0.0
+        self._next_fault_log = float("-inf")
         self._bg: set[asyncio.Task[Any]] = set()
 
     # -- the database, on its threads --------------------------------------------------------
@@ -158,10 +160,11 @@ class Store:
     async def _call(self, reader: bool, fn: Callable[..., T], *args: Any,
                     wait: float | None = None) -> T:
         """Run ``fn(db, *args)`` on the writer (or reader) thread, bounded by ``wait``."""
-        deadline = None if wait is None else time.monotonic() + wait
+        clock = self._clock()
+        deadline = None if wait is None else clock() + wait
         pool = self._reader if reader else self._writer
         job = asyncio.get_running_loop().run_in_executor(
-            pool, self._bounded, reader, fn, deadline, args)
+            pool, self._bounded, reader, fn, clock, deadline, args)
         try:
             if wait is None:
                 result = await job
@@ -179,11 +182,14 @@ class Store:
                         self.errors)
         return result
 
-    def _bounded(self, reader: bool, fn: Callable[..., T], deadline: float | None,
-                 args: tuple[Any, ...]) -> T:
+    def _clock(self) -> Callable[[], float]:
+        return self.clock if self.clock is not None else asyncio.get_running_loop().time
+
+    def _bounded(self, reader: bool, fn: Callable[..., T], clock: Callable[[], float],
+                 deadline: float | None, args: tuple[Any, ...]) -> T:
         busy = self.busy
         if deadline is not None:
-            busy = min(busy, deadline - time.monotonic())
+            busy = min(busy, deadline - clock())
             if busy <= 0:
                 raise TimeoutError("no time left")  # its caller has given up: don't run it
         if reader and self._rdb is None:
@@ -197,7 +203,7 @@ class Store:
     def _fault(self, what: str, exc: BaseException, write: bool = True) -> None:
         self.errors += 1
         self._failing = self._failing or write
-        now = time.monotonic()
+        now = self._clock()()
         if now >= self._next_fault_log:
             self._next_fault_log = now + _FAULT_LOG_INTERVAL
             log.error("queue %s: %s failed: %s (%d store errors so far; SMS that need the "
@@ -323,7 +329,7 @@ class Store:
 
     def _remember(self, key: str) -> None:
         recent = self._recent
-        recent[key] = time.monotonic()
+        recent[key] = self._clock()()
         recent.move_to_end(key)
         while len(recent) > self._recent_max:
             recent.popitem(last=False)
@@ -334,7 +340,7 @@ class Store:
         key = message_key(msg)
         accepted = self._recent.get(key)
         # within validity: still stored (pending or delivered); older, it may have expired
-        if accepted is not None and time.monotonic() - accepted < self.validity:
+        if accepted is not None and self._clock()() - accepted < self.validity:
             self.duplicates += 1
             return True
         try:
@@ -438,8 +444,8 @@ class Store:
         try:
             msg = Message(0, _load(fields), msisdn, tuple(json.loads(parts)))
             async with asyncio.timeout(esme.config.response_timeout + 2):
-                verdict = await esme.forward(msg)
-            status, result = verdict.status, verdict.result
+                decision = await esme.forward(msg)
+            status, result = decision.status, decision.result
         except TimeoutError:
             status, result = Status.RSYSERR, "timeout"
         except Exception as exc:  # never let one row stop the loop

@@ -19,16 +19,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..mslookup.model import Network, parse_networks
+from .errors import CredentialsError
 
-__all__ = ["CredentialsError", "SiteCredentials", "TrustPolicy", "parse_credentials_file",
-           "parse_site_credentials"]
+__all__ = ["SiteCredentials", "TrustPolicy", "parse_credentials_file", "parse_site_credentials"]
 
 #: SMPP 3.4: system_id is a C-Octet String of at most 16 octets, password at most 9.
 _MAX_SYSTEM_ID, _MAX_PASSWORD = 15, 8
-
-
-class CredentialsError(ValueError):
-    """A --site-credentials value or credentials file line that cannot be used."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -36,7 +36,8 @@ from typing import Any
 
 from ..asterisk.config import Config as AgiConfig
 from ..asterisk.fastagi import FastAgiServer
-from ..esme.app import Esme, EsmeConfig
+from ..esme.config import EsmeConfig
+from ..esme.forwarder import Esme
 from ..esme.pdu import Status
 from ..esme.trust import TrustPolicy
 from ..freeswitch.config import Config as FsConfig

@@ -2,7 +2,7 @@
 
 For each deliver_sm (all handled concurrently; answers go out in whatever order they finish):
 
-1. decode (malformed: answered with an error by the session layer);
+1. decode (malformed: answered with an error by the connection layer);
 2. normalise the destination; not an MSISDN: RINVDSTADR at once, nothing looked up;
 3. look up ``smpp.sms.<msisdn>.msisdn`` (coalesced by the resolver);
 4. refuse (``untrusted_status``, default RSYSERR) an answer that came from or names an
@@ -14,6 +14,12 @@ For each deliver_sm (all handled concurrently; answers go out in whatever order 
    error, destination down, refusing or silent, budget expired) or ``not_found_status``
    (default RINVDSTADR: no site knows the recipient, or the site says it does not).
 
+Which of these each step is, and the status it is answered with, is decided by
+:mod:`.routing` (pure); this module does the I/O, the budget, the counters, the store hand-off
+and the log line. Time is read from one clock, the event loop's (``clock`` overrides it for
+measuring; the budget's timers are the loop's), so the forwarder runs unchanged on a loop with
+a virtual clock.
+
 The whole of 2-6 runs under ``budget`` (default 4 s, below OsmoMSC's 5 s deliver_sm timer).
 With a store (``--queue``) a temporary failure or a not-found becomes "accept once durably
 stored" (the store retries on its own, :mod:`.store`), and a phone's resend of an SMS already
@@ -24,70 +30,41 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field, fields
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import Any, Protocol
 
-from ..mslookup import Endpoint, Outcome, Result
-from .links import BindConfig, DestinationDown, IsmppPool, OsmppLink
-from .message import InvalidNumber, Message
-from .pdu import Pdu, Status
-from .session import ConnectionLost, SmppConnection, SmppError
-from .trust import TrustPolicy
+from ..mslookup import Endpoint, Result
+from .binds import IsmppPool, Opener, OsmppLink, open_tcp
+from .config import EsmeConfig
+from .connection import SmppConnection
+from .errors import InvalidNumber
+from .message import Message
+from .pdu import Pdu
+from .routing import NOT_QUEUED, Decision, Routing, internal_error
+from .status import Status
 
-if TYPE_CHECKING:
-    from .store import Store
-
-__all__ = ["Esme", "EsmeConfig", "EsmeStats", "Lookup", "Verdict"]
+__all__ = ["Clock", "Esme", "EsmeStats", "Lookup", "Queue"]
 
 log = logging.getLogger("dgsm.esme")
 sms_log = logging.getLogger("dgsm.esme.sms")
+
+#: seconds, monotonic, in the event loop's timebase
+Clock = Callable[[], float]
 
 
 class Lookup(Protocol):
     async def resolve(self, query: str) -> Result: ...
 
 
-@dataclass(frozen=True, slots=True)
-class EsmeConfig:
-    src_host: str = "127.0.0.1"
-    src_port: int = 2775
-    system_id: str = "OSMPP"
-    password: str = "foo"  # noqa: S105 - OsmoMSC's example config
-    dst_system_id: str = "ISMPP"
-    dst_password: str = "foo"  # noqa: S105 - OsmoMSC's example config
-    budget: float = 4.0
-    not_found_status: int = Status.RINVDSTADR
-    window: int = 16
-    enquire_interval: float = 30.0
-    connect_timeout: float = 2.0
-    response_timeout: float = 10.0
-    backoff_min: float = 0.5
-    backoff_max: float = 30.0
-    max_in_flight: int = 5000
-    #: with a store: seconds of the budget kept for the durable write
-    store_reserve: float = 0.5
-    #: with a store: seconds the duplicate check may take before the SMS is routed anyway
-    store_check: float = 0.25
-    #: which SMSCs may get SMS and credentials; the default trusts nothing (see .trust)
-    trust: TrustPolicy = field(default_factory=TrustPolicy)
-    #: command_status for an SMS whose lookup named an untrusted SMSC
-    untrusted_status: int = Status.RSYSERR
+class Queue(Protocol):
+    """What the forwarder needs of a store-and-forward queue (:class:`.store.Store`)."""
 
-    def osmpp(self) -> BindConfig:
-        return BindConfig(self.system_id, self.password, "", self.connect_timeout,
-                          self.enquire_interval, self.response_timeout, self.backoff_min,
-                          self.backoff_max)
-
-    def ismpp(self, host: str | None = None) -> BindConfig:
-        """The ISMPP bind settings for the SMSC at ``host`` (its own credentials if any)."""
-        creds = None if host is None else self.trust.credentials_for(host)
-        system_id, password = ((self.dst_system_id, self.dst_password) if creds is None
-                               else (creds.system_id, creds.password))
-        return BindConfig(system_id, password, "", self.connect_timeout,
-                          self.enquire_interval, self.response_timeout, self.backoff_min,
-                          min(self.backoff_max, 10.0))
+    async def seen(self, msg: Message, wait: float = 0.25) -> bool: ...
+    async def enqueue(self, msg: Message, reason: str,
+                      attempt: asyncio.Future[int] | None = None,
+                      wait: float | None = None) -> bool: ...
+    async def record_delivered(self, msg: Message) -> None: ...
 
 
 @dataclass
@@ -123,23 +100,7 @@ class EsmeStats:
         return {f.name: getattr(self, f.name) for f in fields(self)}
 
 
-@dataclass(frozen=True, slots=True)
-class Verdict:
-    """How one message ended: the deliver_sm_resp status and what to log."""
-
-    status: int
-    result: str
-    site: str | None = None
-    age: int | None = None
-    destination: Endpoint | None = None
-    detail: str = ""
-
-
-#: verdicts that are answered as they are, never stored for a retry
-_NOT_QUEUED = frozenset({"untrusted-destination"})
-
-
-def _settle(fut: asyncio.Future[int], task: asyncio.Task[Verdict]) -> None:
+def _settle(fut: asyncio.Future[int], task: asyncio.Task[Decision]) -> None:
     if fut.done():
         return
     if task.cancelled() or task.exception() is not None:
@@ -148,22 +109,42 @@ def _settle(fut: asyncio.Future[int], task: asyncio.Task[Verdict]) -> None:
         fut.set_result(task.result().status)
 
 
+#: which counter each decision's result adds to (the forward path counts as it goes)
+_COUNTER = {"invalid-number": "invalid_number", "not-found": "not_found",
+            "not-found-at-site": "not_found", "lookup-error": "lookup_errors",
+            "untrusted-destination": "untrusted", "refused": "destination_refused",
+            "destination-down": "destination_down", "destination-silent": "destination_down",
+            "delivered": "delivered"}
+
+
 @dataclass(eq=False)
 class Esme:
-    """The daemon: ``await esme.run()`` until cancelled."""
+    """The daemon: ``await esme.run()`` until cancelled.
+
+    ``clock``: the time to measure with (default: the running loop's ``time()``, the clock of
+    the budget's timers); ``opener``: how binds open their connections (default TCP)."""
 
     config: EsmeConfig
     lookup: Lookup
-    store: Store | None = None
+    store: Queue | None = None
     stats: EsmeStats = field(default_factory=EsmeStats)
+    clock: Clock | None = None
+    opener: Opener = open_tcp
 
     def __post_init__(self) -> None:
-        self.pool = IsmppPool(self.config.ismpp(), self.config.window)
+        self.pool = IsmppPool(self.config.ismpp(), self.config.window, self.opener)
         self.osmpp = OsmppLink(self.config.src_host, self.config.src_port,
-                               self.config.osmpp(), self._on_request)
+                               self.config.osmpp(), self._on_request, self.opener)
         self._tasks: set[asyncio.Task[None]] = set()
         self.idle = asyncio.Event()
         self.idle.set()
+
+    @property
+    def routing(self) -> Routing:
+        return self.config.routing
+
+    def now(self) -> float:
+        return self.clock() if self.clock is not None else asyncio.get_running_loop().time()
 
     @property
     def in_flight(self) -> int:
@@ -200,7 +181,7 @@ class Esme:
         await asyncio.gather(*self._tasks, return_exceptions=True)
         await self.pool.close()
 
-    # -- deliver_sm ------------------------------------------------------------------------
+    # -- deliver_sm: the boundary; every one is answered, whatever happens -----------------
 
     def _on_request(self, conn: SmppConnection, pdu: Pdu) -> None:
         if pdu.command != "deliver_sm":
@@ -209,9 +190,14 @@ class Esme:
         self.stats.received += 1
         if len(self._tasks) >= self.config.max_in_flight:
             self.stats.overload += 1
-            self._answer(conn, pdu, Verdict(Status.RTHROTTLED, "overload"), None, 0.0)
+            self._answer(conn, pdu, Decision(Status.RTHROTTLED, "overload"), None, 0.0)
             return
-        task = asyncio.get_running_loop().create_task(self._handle(conn, pdu))
+        try:
+            task = asyncio.get_running_loop().create_task(self._handle(conn, pdu))
+        except Exception as exc:  # answered all the same, never left to OsmoMSC's timer
+            log.exception("cannot handle deliver_sm seq=%d", pdu.sequence)
+            self._answer(conn, pdu, internal_error(exc), None, 0.0)
+            return
         self._tasks.add(task)
         self.idle.clear()
         task.add_done_callback(self._done)
@@ -221,23 +207,26 @@ class Esme:
         if not self._tasks:
             self.idle.set()
 
+    def _count(self, decision: Decision) -> Decision:
+        counter = _COUNTER.get(decision.result)
+        if counter is not None:
+            setattr(self.stats, counter, getattr(self.stats, counter) + 1)
+        return decision
+
     async def _handle(self, conn: SmppConnection, pdu: Pdu) -> None:
-        start = time.monotonic()
+        start = self.now()
         msg: Message | None = None
         try:
             msg = Message.from_pdu(pdu)
+            decision = await self._route(msg)
         except InvalidNumber as exc:
-            self.stats.invalid_number += 1
-            verdict = Verdict(Status.RINVDSTADR, "invalid-number", detail=str(exc))
-        else:
-            try:
-                verdict = await self._route(msg)
-            except Exception as exc:  # never let one message take the daemon down
-                log.exception("forwarding failed")
-                verdict = Verdict(Status.RSYSERR, "internal-error", detail=repr(exc))
-        self._answer(conn, pdu, verdict, msg, time.monotonic() - start)
+            decision = self._count(Routing.invalid(exc))
+        except Exception as exc:  # never let one message take the bind down
+            log.exception("forwarding failed")
+            decision = internal_error(exc)
+        self._answer(conn, pdu, decision, msg, self.now() - start)
 
-    async def _route(self, msg: Message) -> Verdict:
+    async def _route(self, msg: Message) -> Decision:
         store = self.store
         if store is None:
             try:
@@ -245,43 +234,39 @@ class Esme:
                     return await self.forward(msg)
             except TimeoutError:
                 self.stats.budget_expired += 1
-                return Verdict(Status.RSYSERR, "budget-expired")
+                return Decision(Status.RSYSERR, "budget-expired")
         # store-and-forward: the budget covers the direct attempt *and* the durable store;
         # a store that is slow, locked or broken costs at most store_check before routing
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + self.config.budget
+        deadline = self.now() + self.config.budget
         if await store.seen(msg, self.config.store_check):
-            return Verdict(Status.ROK, "duplicate")
+            return Decision(Status.ROK, "duplicate")
         attempt = loop.create_task(self.forward(msg))
         status_of: asyncio.Future[int] = loop.create_future()
         attempt.add_done_callback(lambda t: _settle(status_of, t))
-        direct_share = max(0.0, deadline - loop.time() - self.config.store_reserve)
+        direct_share = max(0.0, deadline - self.now() - self.config.store_reserve)
         done, _ = await asyncio.wait({attempt}, timeout=direct_share)
         if attempt in done and not attempt.cancelled() and attempt.exception() is None:
-            verdict = attempt.result()
-            if verdict.status == Status.ROK:
+            decision = attempt.result()
+            if decision.status == Status.ROK:
                 self._background(store.record_delivered(msg))
-                return verdict
-            if verdict.result in _NOT_QUEUED:
-                return verdict
+                return decision
+            if decision.result in NOT_QUEUED:
+                return decision
             pending: asyncio.Future[int] | None = None
         else:
             self.stats.budget_expired += 1
-            verdict = Verdict(Status.RSYSERR, "budget-expired")
+            decision = Decision(Status.RSYSERR, "budget-expired")
             pending = status_of  # still outstanding: retry only if it fails
-        left = max(0.05, deadline - loop.time())
+        left = max(0.05, deadline - self.now())
         try:
             async with asyncio.timeout(left + 0.1):
-                await asyncio.shield(store.enqueue(msg, verdict.result, pending, wait=left))
+                await asyncio.shield(store.enqueue(msg, decision.result, pending, wait=left))
         except Exception as exc:
             self.stats.store_errors += 1  # the store logs its failures (rate-limited)
-            why = f"not stored: {str(exc) or type(exc).__name__}"
-            return Verdict(verdict.status, verdict.result, verdict.site, verdict.age,
-                           verdict.destination,
-                           f"{verdict.detail}; {why}" if verdict.detail else why)
+            return decision.noting(f"not stored: {str(exc) or type(exc).__name__}")
         self.stats.queued += 1
-        return Verdict(Status.ROK, f"queued({verdict.result})", verdict.site, verdict.age,
-                       verdict.destination, verdict.detail)
+        return decision.but(Status.ROK, f"queued({decision.result})")
 
     def _background(self, coro: Coroutine[Any, Any, None]) -> None:
         task = asyncio.get_running_loop().create_task(coro)
@@ -289,18 +274,18 @@ class Esme:
         self.idle.clear()
         task.add_done_callback(self._done)
 
-    def _answer(self, conn: SmppConnection, pdu: Pdu, verdict: Verdict, msg: Message | None,
+    def _answer(self, conn: SmppConnection, pdu: Pdu, decision: Decision, msg: Message | None,
                 elapsed: float) -> None:
-        if conn.respond(pdu, verdict.status):
-            if verdict.status == Status.ROK:
+        if conn.respond(pdu, decision.status):
+            if decision.status == Status.ROK:
                 self.stats.answered_ok += 1
             else:
                 self.stats.answered_error += 1
         else:
             self.stats.answers_lost += 1
-        self._log(pdu, verdict, msg, elapsed)
+        self._log(pdu, decision, msg, elapsed)
 
-    def _log(self, pdu: Pdu, v: Verdict, msg: Message | None, elapsed: float) -> None:
+    def _log(self, pdu: Pdu, d: Decision, msg: Message | None, elapsed: float) -> None:
         src = bytes(pdu.get("source_addr") or b"").decode("latin-1")
         dst = bytes(pdu.get("destination_addr") or b"").decode("latin-1")
         part, of = msg.parts if msg is not None else (1, 1)
@@ -309,33 +294,20 @@ class Esme:
         sms_log.info(
             "sms%s seq=%d ref=%s from=%s to=%s part=%d/%d site=%s age=%s via=%s result=%s "
             "status=0x%02x time=%.1fms%s", kind, pdu.sequence, ref, src or "-", dst or "-",
-            part, of, v.site or "-", "-" if v.age is None else v.age, v.destination or "-",
-            v.result, v.status, elapsed * 1000, f" detail={v.detail!r}" if v.detail else "")
+            part, of, d.site or "-", "-" if d.age is None else d.age, d.destination or "-",
+            d.result, d.status, elapsed * 1000, f" detail={d.detail!r}" if d.detail else "")
 
-    async def forward(self, msg: Message) -> Verdict:
-        """Look up the recipient and submit once; the verdict says what happened."""
+    async def forward(self, msg: Message) -> Decision:
+        """Look up the recipient and submit once; the decision says what happened."""
         if msg.is_report:
             self.stats.reports += 1
-        result = await self.lookup.resolve(f"smpp.sms.{msg.msisdn}.msisdn")
-        if result.outcome is Outcome.NOT_FOUND:
-            self.stats.not_found += 1
-            return Verdict(self.config.not_found_status, "not-found")
-        if not result.found or not result.endpoints:
-            self.stats.lookup_errors += 1
-            return Verdict(Status.RSYSERR, "lookup-error", detail=result.reason or "")
-        endpoint = result.endpoints[0]
-        site, age = result.site, result.age
-        trust = self.config.trust
-        if not (trust.allows(endpoint.host) and trust.allows(site)):
-            self.stats.untrusted += 1
-            who = endpoint.host if not trust.allows(endpoint.host) else f"answer from {site}"
-            return Verdict(self.config.untrusted_status, "untrusted-destination", site, age,
-                           endpoint, detail=f"{who} is outside the trusted networks "
-                           f"({trust.describe()})")
-        verdict = await self.submit(msg, endpoint)
-        return Verdict(verdict.status, verdict.result, site, age, endpoint, verdict.detail)
+        result = await self.lookup.resolve(self.routing.query(msg))
+        decision = self.routing.decide(result)
+        if not decision.forward:
+            return self._count(decision)
+        return self._count(await self.submit(msg, decision))
 
-    def _late(self, msg: Message, endpoint: Endpoint, start: float,
+    def _late(self, msg: Message, endpoint: Endpoint, answered: float,
               req: asyncio.Future[Pdu]) -> None:
         """A submit_sm we gave up on (budget) got its answer after all."""
         if req.cancelled() or req.exception() is not None:
@@ -346,33 +318,27 @@ class Esme:
                     "phone was answered RSYSERR (budget %.1fs); if the phone retries, the "
                     "recipient may get it twice (use --queue to avoid this)",
                     msg.reference, msg.sender or "-", msg.msisdn, endpoint,
-                    time.monotonic() - start, self.config.budget)
+                    self.now() - answered, self.config.budget)
 
-    async def submit(self, msg: Message, endpoint: Endpoint) -> Verdict:
-        start = time.monotonic()
+    async def submit(self, msg: Message, to: Decision) -> Decision:
+        """Submit ``msg`` to ``to.destination`` (a forward decision): the outcome."""
+        endpoint = to.destination
+        if endpoint is None:
+            raise ValueError(f"no destination to submit to: {to}")
+        gave_up: list[float] = []  # when the budget cancelled us: the phone's answer
         on_late = None if self.store is not None else (
-            lambda req: self._late(msg, endpoint, start, req))
+            lambda req: self._late(msg, endpoint, gave_up[0], req))
         try:
             link = self.pool.links.get(endpoint) or self.pool.link(
                 endpoint, self.config.ismpp(endpoint.host))  # credentials: on first use
             resp = await link.submit(msg.submit_fields(), on_late)
-        except SmppError as exc:
-            if exc.status == Status.RINVDSTADR:
-                self.stats.not_found += 1
-                return Verdict(self.config.not_found_status, "not-found-at-site",
-                               detail=str(exc))
-            self.stats.destination_refused += 1
-            return Verdict(Status.RSYSERR, "refused", detail=str(exc))
-        except (DestinationDown, ConnectionLost, OSError) as exc:
-            self.stats.destination_down += 1
-            return Verdict(Status.RSYSERR, "destination-down", detail=str(exc))
-        except TimeoutError:
-            self.stats.destination_down += 1
-            return Verdict(Status.RSYSERR, "destination-silent")
-        self.stats.delivered += 1
+        except asyncio.CancelledError:
+            gave_up.append(self.now())
+            raise
+        except Exception as exc:
+            return self.routing.failed(to, exc)
         mid = resp.get("message_id")
-        return Verdict(Status.ROK, "delivered",
-                       detail=f"message_id={bytes(mid or b'').decode('latin-1')}")
+        return self.routing.delivered(to, bytes(mid or b"").decode("latin-1"))
 
     # -- helpers for tests and the CLI ---------------------------------------------------------
 

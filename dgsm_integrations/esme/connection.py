@@ -18,28 +18,16 @@ from collections.abc import Callable
 from typing import Any
 
 from .._ratelimit import LogLimiter
-from .pdu import GENERIC_NACK, HEADER, MAX_PDU, MIN_PDU, Pdu, PduError, Status, build, decode
+from .errors import ConnectionLost, PduError, SmppError
+from .pdu import GENERIC_NACK, HEADER, MAX_PDU, MIN_PDU, Pdu, Status, build, decode
 
-__all__ = ["ConnectionLost", "SmppConnection", "SmppError"]
+__all__ = ["SmppConnection"]
 
 log = logging.getLogger("dgsm.esme.smpp")
 #: what a peer can repeat per PDU is logged at most once (and a summary) per interval
 _limited = LogLimiter(log)
 
 RequestHandler = Callable[["SmppConnection", Pdu], None]
-
-
-class ConnectionLost(ConnectionError):
-    """The connection closed while a request was outstanding (or before it was sent)."""
-
-
-class SmppError(Exception):
-    """A request was answered with a non-zero command_status (or generic_nack)."""
-
-    def __init__(self, status: int, command: str) -> None:
-        super().__init__(f"{command}: {Status.describe(status)}")
-        self.status = status
-        self.command = command
 
 
 class SmppConnection:
@@ -105,6 +93,8 @@ class SmppConnection:
             async with asyncio.timeout(timeout):
                 await self.writer.drain()
                 resp = await fut
+        except TimeoutError:  # unanswered, but the connection is still up (an OSError too)
+            raise
         except (ConnectionError, OSError) as exc:
             raise ConnectionLost(f"{self.name}: {exc}") from None
         finally:

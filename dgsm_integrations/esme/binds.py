@@ -17,20 +17,28 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
 from ..mslookup import Endpoint
+from .connection import SmppConnection
+from .errors import BindRefused, ConnectionLost, DestinationDown, SmppError
 from .pdu import Pdu, Status
-from .session import ConnectionLost, SmppConnection, SmppError
 
-__all__ = ["BindConfig", "BindRefused", "DestinationDown", "IsmppLink", "IsmppPool",
-           "OsmppLink"]
+__all__ = ["BindConfig", "IsmppLink", "IsmppPool", "Opener", "OsmppLink", "open_tcp"]
 
-log = logging.getLogger("dgsm.esme.links")
+log = logging.getLogger("dgsm.esme.binds")
 
 SMPP_VERSION = 0x34
+
+#: How a bind opens its byte stream to ``(host, port)``: TCP, or an in-memory pair in tests.
+Opener = Callable[[str, int], Awaitable[tuple[asyncio.StreamReader, asyncio.StreamWriter]]]
+
+
+async def open_tcp(host: str, port: int) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    """The default :data:`Opener`: a TCP connection."""
+    return await asyncio.open_connection(host, port)
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,25 +53,11 @@ class BindConfig:
     backoff_max: float = 30.0
 
 
-class BindRefused(Exception):
-    """The SMSC answered our bind with an error (wrong password, unknown system-id, ...)."""
-
-    def __init__(self, where: str, status: int) -> None:
-        hint = {Status.RINVPASWD: "wrong password", Status.RINVSYSID: "unknown system-id"}
-        super().__init__(f"{where} refused the bind: {Status.describe(status)}"
-                         + (f" - {hint[status]}" if status in hint else ""))
-        self.status = status
-
-
-class DestinationDown(Exception):
-    """A destination SMSC cannot be reached or bound right now (a temporary failure)."""
-
-
 async def _connect_and_bind(host: str, port: int, cfg: BindConfig, command: str,
                             on_request: Callable[[SmppConnection, Pdu], None],
-                            name: str) -> SmppConnection:
+                            name: str, opener: Opener = open_tcp) -> SmppConnection:
     async with asyncio.timeout(cfg.connect_timeout):
-        reader, writer = await asyncio.open_connection(host, port)
+        reader, writer = await opener(host, port)
     conn = SmppConnection(reader, writer, on_request, name=name)
     serve = asyncio.get_running_loop().create_task(conn.serve(), name=f"{name}-serve")
     conn_tasks.add(serve)
@@ -121,8 +115,10 @@ class OsmppLink:
     """The one bind_transceiver to the local OsmoMSC, kept up forever by :meth:`run`."""
 
     def __init__(self, host: str, port: int, cfg: BindConfig,
-                 on_request: Callable[[SmppConnection, Pdu], None]) -> None:
+                 on_request: Callable[[SmppConnection, Pdu], None],
+                 opener: Opener = open_tcp) -> None:
         self.host, self.port, self.cfg = host, port, cfg
+        self.opener = opener
         self.on_request = on_request
         self.conn: SmppConnection | None = None
         self.binds = 0
@@ -137,11 +133,14 @@ class OsmppLink:
             try:
                 conn = await _connect_and_bind(self.host, self.port, self.cfg,
                                                "bind_transceiver", self._request,
-                                               f"osmpp:{self.host}:{self.port}")
+                                               f"osmpp:{self.host}:{self.port}", self.opener)
             except BindRefused as exc:
                 self._failed(str(exc), logging.ERROR)
             except (OSError, TimeoutError, ConnectionLost) as exc:
                 self._failed(f"cannot bind to {where}: {exc or 'timeout'}", logging.WARNING)
+            except Exception as exc:  # a bug must not end the bind for good: back off, retry
+                log.exception("binding to %s failed", where)
+                self._failed(f"cannot bind to {where}: {exc!r}", logging.ERROR)
             else:
                 backoff = self.cfg.backoff_min
                 self.binds += 1
@@ -175,8 +174,10 @@ class OsmppLink:
 class IsmppLink:
     """One persistent bind_transmitter to a destination SMSC."""
 
-    def __init__(self, endpoint: Endpoint, cfg: BindConfig, window: int) -> None:
+    def __init__(self, endpoint: Endpoint, cfg: BindConfig, window: int,
+                 opener: Opener = open_tcp) -> None:
         self.endpoint = endpoint
+        self.opener = opener
         self.cfg = cfg
         self.window = asyncio.Semaphore(window)
         self.conn: SmppConnection | None = None
@@ -204,7 +205,8 @@ class IsmppLink:
                 raise DestinationDown(f"{self.name}: down ({self.last_error})")
             try:
                 conn = await _connect_and_bind(self.endpoint.host, self.endpoint.port, self.cfg,
-                                               "bind_transmitter", self._request, self.name)
+                                               "bind_transmitter", self._request, self.name,
+                                               self.opener)
             except (BindRefused, OSError, TimeoutError, ConnectionLost) as exc:
                 self.last_error = str(exc) or "timeout"
                 self.down_until = loop.time() + self.backoff
@@ -258,8 +260,9 @@ class IsmppLink:
 class IsmppPool:
     """One :class:`IsmppLink` per destination endpoint, made on first use."""
 
-    def __init__(self, cfg: BindConfig, window: int = 16) -> None:
+    def __init__(self, cfg: BindConfig, window: int = 16, opener: Opener = open_tcp) -> None:
         self.cfg = cfg
+        self.opener = opener
         self.window_size = window
         self.links: dict[Endpoint, IsmppLink] = {}
 
@@ -268,7 +271,7 @@ class IsmppPool:
         link = self.links.get(endpoint)
         if link is None:
             link = self.links[endpoint] = IsmppLink(endpoint, cfg or self.cfg,
-                                                    self.window_size)
+                                                    self.window_size, self.opener)
         return link
 
     async def close(self) -> None:
