@@ -21,7 +21,8 @@ pytestmark = pytest.mark.slow
 
 MODULES = ["test_wire.py", "test_query.py", "test_selection.py", "test_asterisk_agi.py",
            "test_resolver.py", "test_asterisk_fastagi.py", "test_freeswitch_esl.py",
-           "test_esme.py", "test_esme_store.py"]
+           "test_esme.py", "test_esme_store.py", "test_engine.py", "test_options.py",
+           "test_callserver.py", "test_esme_routing.py", "test_esme_forwarder.py"]
 
 
 @pytest.mark.timeout(600)
