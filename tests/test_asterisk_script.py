@@ -20,6 +20,9 @@ from dgsm_integrations.mslookup import Endpoint, Query, Record, Responder
 
 from .conftest import LO
 
+# a child process per test, on real time (about 0.3 s each)
+pytestmark = pytest.mark.slow
+
 PORT = 42722
 T = TypeVar("T")
 ROOT = Path(__file__).resolve().parent.parent
