@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 
 from dgsm_integrations.lab.demo import run_demo
-from dgsm_integrations.lab.distro import Distro
+from dgsm_integrations.lab.distro import Distro, default_osmocom
 from dgsm_integrations.lab.netns import LabError
 from dgsm_integrations.lab.network import Lab, Village
 from dgsm_integrations.lab.services import Services
@@ -244,17 +244,48 @@ def test_cut_village_calls_hang_up_with_their_cause_and_sms_is_refused(
     assert services.freeswitch_call(msisdn).target == (msisdn, lab["C"].addr, 5060)
 
 
-@pytest.fixture(params=generations("osmo-hlr", "osmo-msc"))
+@pytest.fixture(params=generations("osmo-hlr", "osmo-msc", "osmo-stp"))
 def lab_distro(request: pytest.FixtureRequest) -> Distro:
-    return require_generation(request.param, "osmo-hlr", "osmo-msc")
+    require_binary("gcc")
+    return require_generation(request.param, "osmo-hlr", "osmo-msc", "osmo-stp")
 
 
 def test_the_demo_story_passes(capsys: pytest.CaptureFixture[str], lab_distro: Distro) -> None:
-    """What the README's demo command runs (in its own lab), with each generation."""
+    """What the README's demo command runs (in its own lab), with each generation: the phone
+    story (osmo-msc, osmo-stp and gcc are there)."""
     assert run_demo(distro=lab_distro) == 0
     out = capsys.readouterr().out
-    assert "demo passed" in out
+    assert "demo passed" in out and "(phone to phone)" in out
     assert "village C answers" in out and "youngest wins: village C" in out
     # it says which Osmocom it ran, and that is the one asked for
     hlr, msc = lab_distro.version("osmo-hlr"), lab_distro.version("osmo-msc")
+    stp = lab_distro.version("osmo-stp")
     assert f"OsmoHLR {hlr}" in out and f"osmo-msc {msc}" in out, out[:600]
+    assert f"osmo-stp {stp}" in out, out[:900]
+    # the phones: Alice's real roaming LU at C, Bob's SMS to her phone, RP-ERROR 27 when cut
+    assert "Alice's phone: LOCATION UPDATING ACCEPT from C's osmo-msc" in out
+    assert "ok: A's OsmoHLR shows her at C's osmo-msc (VLR number: MSC-C)" in out
+    for text in ("hello Alice", "are you there?", "back?"):
+        assert f"Alice's phone at C: paged, SMS-DELIVER from 1002 '{text}' (GSM 7-bit)" in out
+    assert "Bob's phone got RP-ERROR cause 27 (destination out of order)" in out
+    assert out.count("ok: her phone received exactly the text") == 3
+    assert "NOT OK" not in out
+
+
+def test_the_demo_without_phones_tells_the_stand_in_story_and_says_why(
+        capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    """Where osmo-stp (or osmo-msc, or gcc) is missing, the demo still runs: the SMS part with
+    B's stand-in OsmoMSC, and one line saying why and what to install. Once, with the
+    default generation (the fallback is the same code for both)."""
+    distro = default_osmocom()
+    require_binary("osmo-hlr", distro)
+    monkeypatch.setattr(Services, "phones_possible",
+                        lambda self: "no osmo-stp (apt-get install osmo-stp)")
+    assert run_demo(distro=distro) == 0
+    out = capsys.readouterr().out
+    assert "no phones here: no osmo-stp (apt-get install osmo-stp); the SMS part is told " \
+        "with a stand-in OsmoMSC" in out
+    assert "demo passed" in out and "(through the stand-in)" in out
+    assert "Bob's SMS 'hello Alice': B's OsmoMSC -> ESME -> answered ROK" in out
+    assert "ESME refused it cleanly with RSYSERR" in out
+    assert "Alice's phone" not in out and "NOT OK" not in out
