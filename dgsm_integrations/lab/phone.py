@@ -22,7 +22,8 @@ Layers, and who encodes them:
   ``TS24011_PPSMS`` and ``TS23040_SMS``.
 
 Procedures: :meth:`LabPhone.location_update`, :meth:`~LabPhone.imsi_detach`,
-:meth:`~LabPhone.send_sms` (MO) and :meth:`~LabPhone.receive_sms` (MT: paging first).
+:meth:`~LabPhone.send_sms` (MO), :meth:`~LabPhone.receive_sms` (MT: paging first) and
+:meth:`~LabPhone.pagings` (out of coverage: pagings seen, not answered).
 
 Every receive has a deadline (``timeout``); anything that does not parse, or a message that
 does not fit the procedure, raises :class:`PhoneError` saying what came instead.
