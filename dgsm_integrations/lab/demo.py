@@ -122,20 +122,19 @@ class _Story:
     def switch_on(self, village: str, imsi: str, who: str) -> LabPhone:
         """A lab phone switches on at ``village``: a Location Updating through its osmo-msc,
         repeated after a reject as a handset repeats it."""
+        phone = self.s.phone(village, imsi)  # may wait for osmo-msc's M3UA registration
         t0 = time.monotonic()
-        phone = self.s.phone(village, imsi)
         took = self.s.attach_phone(phone)
         total = time.monotonic() - t0
         rejects = [line for line in phone.trace if "LOCATION UPDATING REJECT" in line]
+        tmsi = f" (new TMSI {phone.tmsi:#010x})" if phone.tmsi is not None else ""
         print(f"   {who}'s phone: LOCATION UPDATING ACCEPT from {village}'s osmo-msc in "
-              f"{took * 1000:.0f} ms (new TMSI {phone.tmsi:#010x})"
-              if phone.tmsi is not None else
-              f"   {who}'s phone: LOCATION UPDATING ACCEPT from {village}'s osmo-msc in "
-              f"{took * 1000:.0f} ms")
-        if rejects:
-            print(f"   (its first LU was rejected, {rejects[0].split('(')[-1].rstrip(')')}: "
-                  "OsmoHLR drops the first roaming LU over a new GSUP link; the phone "
-                  f"repeated it; {total:.1f} s from switching on)")
+              f"{took * 1000:.0f} ms{tmsi}")
+        if rejects or total - took > 1.0:
+            what = (f"rejected, {rejects[0].split('(')[-1].rstrip(')')}" if rejects
+                    else "not answered")
+            print(f"   (its first LU was {what}: OsmoHLR drops the first roaming LU over a new "
+                  f"GSUP link; the phone repeated it; {total:.1f} s from switching on)")
         return phone
 
     def phone_sms(self, text: str, expect_at: str | None, tries: int = 1) -> None:
