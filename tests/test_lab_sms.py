@@ -273,3 +273,50 @@ def test_status_report_requested_by_bob_comes_back_to_his_phone(net: Net) -> Non
     report = net.bob.receive_sms(wait=10)
     assert (report.report, report.sender, report.status) == (ref, ALICE[1], 0), report
     assert report.tpdu[0] & 0x03 == 2  # TP-MTI: SMS-STATUS-REPORT
+
+
+#: osmo-msc's paging response timeout: timer X4 of its GERAN (A interface) timers,
+#: ran_infra.c, 10 s by default in 1.9 and 1.16 (``timer geran X4`` on its VTY)
+OSMO_MSC_PAGING_TIMEOUT = 10.0
+
+
+def test_paging_nobody_answers_sms_waits_at_c_for_the_next_sms_for_her(net: Net) -> None:
+    """Alice's phone is switched on and attached at C but out of coverage: it does not answer
+    the PAGING. C's osmo-msc accepted the ESME's submit_sm when it stored the SMS, before it
+    paged (Bob had his RP-ACK first). It pages once (BSSMAP PAGING: the BSC repeats it on the
+    air, not the MSC); after X4 (10 s) the paging expires, its SMS queue logs one failed
+    attempt and, with its default of one, does not try again: the SMS stays in C's database,
+    unsent (one delivery attempt counted), and nothing pages her again by itself. Nobody tells
+    the ESME or Bob. The next SMS for her makes osmo-msc run its queue: it pages, her phone
+    answers (back in coverage), and she gets both, each once."""
+    msc = net.s.endpoints["C"].msc
+    assert msc is not None
+    acked, cause, _ = send(net, "out of coverage?")
+    t_acked = time.monotonic()
+    assert (acked, cause) == (True, None)  # C stored it: ROK to the ESME, RP-ACK to Bob
+    (row,) = sms_rows(net, "C", b"out of coverage?")
+    assert row["sent"] is None, row
+    (paged,) = net.alice.pagings(within=3.0)  # its SMS queue runs 1 s after a new SMS
+    assert paged > t_acked
+    failed = f"Sending SMS {row['id']} failed 1 times"
+    deadline = paged + OSMO_MSC_PAGING_TIMEOUT + 3.0
+    while failed not in msc.log_text():
+        assert time.monotonic() < deadline, f"no '{failed}' in osmo-msc's log:\n" + \
+            msc.log_tail()
+        time.sleep(0.05)  # polling a log file: no event to await from here
+    expired = time.monotonic() - paged
+    assert OSMO_MSC_PAGING_TIMEOUT - 0.5 <= expired <= OSMO_MSC_PAGING_TIMEOUT + 1.0, expired
+    # no second paging, from the first until 3 s after it expired
+    assert net.alice.pagings(within=3.0) == []
+    (row,) = sms_rows(net, "C", b"out of coverage?")
+    # the one attempt counted when osmo-msc built the SMS-DELIVER for that paging
+    assert row["sent"] is None and row["deliver_attempts"] == 1, row
+    # back in coverage; the next SMS for her brings the one that waited
+    assert send(net, "are you back?")[:2] == (True, None)
+    got = [net.alice.receive_sms(wait=10) for _ in range(2)]
+    assert sorted(g.text for g in got) == ["are you back?", "out of coverage?"]
+    assert all(g.sender == BOB[1] for g in got)
+    with pytest.raises(PhoneError):
+        net.alice.receive_sms(wait=2.0)  # each once
+    for text in (b"out of coverage?", b"are you back?"):
+        assert [r for r in sms_rows(net, "C", text) if r["sent"] is None] == [], text

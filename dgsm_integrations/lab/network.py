@@ -90,7 +90,8 @@ class Village:
         self.hlr.create_subscriber(imsi, msisdn)
         self.subscribers[imsi] = msisdn
 
-    def attach(self, imsi: str, timeout: float = 3.0, attempts: int = 3) -> LocationUpdateResult:
+    def attach(self, imsi: str, timeout: float = 3.0, attempts: int = 3,
+               msc_name: str | None = None) -> LocationUpdateResult:
         """A phone attaches here: the village's test MSC does a real GSUP Location Updating
         at the village's OsmoHLR, which proxies it to the home HLR when the IMSI is a
         roamer's (D-GSM: it finds the home by mslookup ``gsup.hlr``).
@@ -98,9 +99,13 @@ class Village:
         Like a phone (which repeats a Location Updating that got no answer), it tries again
         after ``timeout``: OsmoHLR (1.5.0 and 1.9.4 alike) often drops the first roaming LU it
         defers while its GSUP link to that home HLR is still coming up; the repeat goes
-        through (measured in the lab, bench/first_roaming_lu.py; see docs/lab.md)."""
+        through (measured in the lab, bench/first_roaming_lu.py; see docs/lab.md).
+
+        ``msc_name``: the IPA name the test MSC gives its GSUP link (default ``MSC-<village>``;
+        another one where a real osmo-msc of that name is connected to the same OsmoHLR)."""
         for attempt in range(1, attempts + 1):
-            client = GsupClient(self.addr, unit_name=self.msc_name, timeout=timeout)
+            client = GsupClient(self.addr, unit_name=msc_name or self.msc_name,
+                                timeout=timeout)
             with self.entered():
                 client.connect()
             try:

@@ -22,7 +22,8 @@ Layers, and who encodes them:
   ``TS24011_PPSMS`` and ``TS23040_SMS``.
 
 Procedures: :meth:`LabPhone.location_update`, :meth:`~LabPhone.imsi_detach`,
-:meth:`~LabPhone.send_sms` (MO) and :meth:`~LabPhone.receive_sms` (MT: paging first).
+:meth:`~LabPhone.send_sms` (MO), :meth:`~LabPhone.receive_sms` (MT: paging first) and
+:meth:`~LabPhone.pagings` (out of coverage: pagings seen, not answered).
 
 Every receive has a deadline (``timeout``); anything that does not parse, or a message that
 does not fit the procedure, raises :class:`PhoneError` saying what came instead.
@@ -556,6 +557,23 @@ class LabPhone:
             if name != "CP_DATA":
                 raise PhoneError(f"unexpected {name} during an MT SMS")
             got.append(self._take_mt_sms(conn, nas, refuse))
+
+    def pagings(self, within: float) -> list[float]:
+        """Out of coverage: every BSSMAP PAGING for our IMSI that comes within ``within`` s,
+        none answered (the BSC pages, the handset does not hear it); the monotonic time each
+        arrived. Anything else the MSC sends meanwhile is ignored."""
+        deadline = time.monotonic() + within
+        seen: list[float] = []
+        while True:
+            try:
+                sccp = self._recv_sccp(deadline)
+            except PhoneError:
+                if time.monotonic() >= deadline:
+                    return seen
+                raise
+            if sccp.kind == "UDT" and self._paging_for_us(sccp.data):
+                seen.append(time.monotonic())
+                self.trace.append("MSC -> BSC  BSSMAP PAGING (not answered)")
 
     def _take_mt_sms(self, conn: int, nas: Any, refuse: int | None) -> ReceivedSms:
         """CP-DATA with RP-DATA from the MSC: answered CP-ACK, then RP-ACK or RP-ERROR."""

@@ -113,7 +113,7 @@ class Services:
     def village(self) -> Village:
         return self.lab[self.home]
 
-    def _phones_possible(self) -> str:
+    def phones_possible(self) -> str:
         """Why lab phones cannot run here ('' when they can)."""
         distro = self.lab.distro
         for program, package in (("osmo-msc", "osmo-msc"), ("osmo-stp", "osmo-stp")):
@@ -127,10 +127,10 @@ class Services:
     def start(self) -> Services:
         if self.phones is None:
             self.phones_off = ("real_msc=False" if self.real_msc is False
-                               else self._phones_possible())
+                               else self.phones_possible())
             self.phones = not self.phones_off
         elif self.phones:
-            why = self._phones_possible()
+            why = self.phones_possible()
             if why:
                 raise LabError(f"lab phones need osmo-msc, osmo-stp and gcc: {why}")
         if self.phones:
