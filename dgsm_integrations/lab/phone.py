@@ -40,13 +40,18 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from pycrate_mobile import M3UA, NAS, SCCP
-from pycrate_mobile import TS24008_MM as MM
-from pycrate_mobile import TS24011_PPSMS as PPSMS
-from pycrate_mobile import TS44018_RR as RR
-from pycrate_mobile.TS24008_IE import ID
+# pycrate warns on import that without CryptoMobile it cannot do LTE and 5G NAS security; a
+# lab phone speaks GSM only, and the warning was the first thing the demo printed
+for _quiet in ("pycrate_mobile.TS24301_EMM", "pycrate_mobile.TS24501_FGMM"):
+    logging.getLogger(_quiet).setLevel(logging.ERROR)
 
-from .netns import LabError, Netns
+from pycrate_mobile import M3UA, NAS, SCCP  # noqa: E402
+from pycrate_mobile import TS24008_MM as MM  # noqa: E402
+from pycrate_mobile import TS24011_PPSMS as PPSMS  # noqa: E402
+from pycrate_mobile import TS44018_RR as RR  # noqa: E402
+from pycrate_mobile.TS24008_IE import ID  # noqa: E402
+
+from .netns import LabError, Netns  # noqa: E402
 
 __all__ = ["LabPhone", "LuResult", "PhoneError", "ReceivedSms", "SmsResult", "concat_udh",
            "gsm7_septets", "gsm7_text", "pack_septets", "parse_sms_deliver", "point_code",
