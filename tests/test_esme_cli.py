@@ -36,6 +36,9 @@ def test_the_esmes_mslookup_flags_fill_lookup_options() -> None:
     kw = c.resolver_kwargs()
     assert (kw["group"], kw["port"], kw["interface"], kw["min_delay"], kw["timeout"]) == (
         "239.192.23.43", 4267, "127.0.0.1", 0.3, 0.8)
+    assert (kw["resend"], kw["ttl"], kw["suffix"]) == (7, 1, "mdns.osmocom.org")  # defaults
+    kw = cfg("--resend", "3", "--mslookup-ttl", "2", "--suffix", "example.net").resolver_kwargs()
+    assert (kw["resend"], kw["ttl"], kw["suffix"]) == (3, 2, "example.net")
 
 
 def test_trusted_is_repeatable_and_governs_resolver_and_smsc_trust() -> None:
@@ -70,7 +73,8 @@ def test_credentials_file(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("argv", [
     ["--min-delay", "61"], ["--lookup-timeout", "0"], ["--mslookup-group", "10.1.2.3"],
-    ["--trusted", "not-a-network"], ["--mslookup-port", "0"],
+    ["--trusted", "not-a-network"], ["--mslookup-port", "0"], ["--resend", "21"],
+    ["--mslookup-ttl", "256"], ["--suffix", "a..b"],
 ])
 def test_bad_mslookup_settings_are_refused_by_the_same_rules(
         argv: list[str], capsys: pytest.CaptureFixture[str]) -> None:

@@ -127,6 +127,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="seconds to collect answers before taking the youngest")
     g.add_argument("--lookup-timeout", dest="timeout", type=float, default=None,
                    help="seconds until a lookup gives up (default: min-delay)")
+    g.add_argument("--resend", metavar="N", default=None,
+                   help="extra copies of each query, spread over the wait (7; docs/mslookup.md, "
+                        "'What the re-sends buy')")
+    g.add_argument("--mslookup-ttl", dest="ttl", metavar="TTL", default=None,
+                   help="multicast TTL (1: this link only)")
+    g.add_argument("--suffix", default=None, help="mDNS domain suffix (mdns.osmocom.org)")
     g.add_argument("--trusted", action=_Join, default=None, metavar="NET",
                    help="forward only to SMSCs in this network, named by answers from this "
                         "network (repeatable; this village's own too). Without any "
