@@ -19,7 +19,8 @@ from .mslookup.model import parse_networks
 from .mslookup.transport import MulticastConfig, local_source
 from .settings import ConfigError, read_config_file
 
-__all__ = ["Server", "add_mslookup_args", "run_daemon", "server_parser", "settings_from_args",
+__all__ = ["Server", "add_mslookup_args", "run_daemon", "server_parser", "setting_text",
+           "settings_from_args",
            "trust_problem"]
 
 class DaemonConfig(Protocol):
@@ -141,6 +142,18 @@ async def _serve(server: Server, grace: float, log: logging.Logger) -> int:
     return 0
 
 
+def setting_text(value: object) -> str:
+    """``value`` as a settings file writes it, so that ``--check``'s output read back as a
+    file gives the same settings: yes/no, none, comma-separated lists."""
+    if value is None:
+        return "none"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, tuple | list):
+        return ",".join(f"{v}" for v in value)
+    return f"{value}"  # format(), not str(): a password formats as *** (esme.config.Secret)
+
+
 def run_daemon(prog: str, args: argparse.Namespace, from_strings: Callable[[dict[str, str]], C],
                make_server: Callable[[C], Server], log: logging.Logger) -> int:
     """Settings, ``--check``, logging, then serve until SIGTERM/SIGINT; the exit status."""
@@ -152,10 +165,10 @@ def run_daemon(prog: str, args: argparse.Namespace, from_strings: Callable[[dict
     if args.check:
         for f in fields(config):
             if f.init:
-                print(f"{f.name.replace('_', '-')} = {getattr(config, f.name)}")
+                print(f"{f.name.replace('_', '-')} = {setting_text(getattr(config, f.name))}")
         problem = trust_problem(config)
         if problem is not None:
-            print(f"warning: {problem}")
+            print(f"# warning: {problem}")  # a comment: the output stays a settings file
         return 0
     logging.basicConfig(level=config.log_level.upper(), stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(message)s")

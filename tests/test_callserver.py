@@ -287,3 +287,28 @@ def test_adapter_errors_are_dgsm_errors() -> None:
     from dgsm_integrations.asterisk.agi import AgiProtocolError
     assert issubclass(AgiProtocolError, DgsmError)
     assert issubclass(EslProtocolError, DgsmError) and issubclass(EslProtocolError, ValueError)
+
+
+@pytest.mark.parametrize("which", ["asterisk", "freeswitch"])
+def test_check_prints_a_settings_file_that_reads_back_the_same(
+        which: str, tmp_path: Any, capsys: pytest.CaptureFixture[str]) -> None:
+    """``--check`` is what an operator pastes into the settings file: lists, none, yes/no as
+    the file writes them, so that the file it prints gives the same settings again."""
+    from dgsm_integrations._daemon import run_daemon
+    from dgsm_integrations.freeswitch.cli import build_parser as fs_parser
+    from dgsm_integrations.settings import read_config_file
+
+    parser, config_type = ((agi_parser, AsteriskConfig) if which == "asterisk"
+                           else (fs_parser, FreeswitchConfig))
+    argv = ["--check", "--trusted", "10.0.0.0/8,192.168.7.0/24", "--allow-loopback", "yes",
+            "--min-delay", "0.4", "--resend", "3"]
+    args = parser().parse_args(argv)
+    assert run_daemon("t", args, config_type.from_strings, lambda c: None,  # type: ignore[arg-type,return-value]
+                      logging.getLogger("t")) == 0
+    out = capsys.readouterr().out
+    assert "trusted = 10.0.0.0/8,192.168.7.0/24" in out and "allow-loopback = yes" in out
+    assert "interface = none" in out
+    path = tmp_path / "printed.conf"
+    path.write_text(out)
+    again = config_type.from_strings(read_config_file(str(path)))
+    assert again == config_type.from_strings(settings_from_args(args))

@@ -125,7 +125,7 @@ def test_check_prints_the_settings_without_passwords(capsys: pytest.CaptureFixtu
     assert "budget = 2.5" in out and "password = ***" in out and "dst-password = ***" in out
     for secret in ("hunter2", "ismpp2", "cred9"):
         assert secret not in out
-    assert "min-delay = 1.0" in out and "trusted = None" in out
+    assert "min-delay = 1.0" in out and "trusted = none" in out
 
 
 def test_unknown_settings_are_refused() -> None:
