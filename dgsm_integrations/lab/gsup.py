@@ -37,6 +37,8 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from types import TracebackType
 
+from ..errors import DgsmError
+
 __all__ = [
     "DEFAULT_UNIT_NAME",
     "GMM_CAUSE_NAMES",
@@ -144,7 +146,7 @@ GMM_CAUSE_NAMES: Mapping[int, str] = {
 }
 
 
-class GsupError(Exception):
+class GsupError(DgsmError):
     """Base class of everything this client raises."""
 
 
