@@ -334,7 +334,7 @@ class Services:
             self._pbx[1] = None
 
     def start_fastagi(self, **overrides: Any) -> FastAgiServer:
-        """(Re)start dgsm-fastagi, with settings changed from the lab's (``max_sessions=1``)."""
+        """(Re)start dgsm-fastagi, with settings changed from the lab's (``max_calls=1``)."""
         self.stop_fastagi()
         server = FastAgiServer(self._fastagi_config(**overrides))
         self.village.loop.run(server.start(), 10)
