@@ -40,6 +40,9 @@ from dgsm_integrations.mslookup import AsyncResolver, Outcome, Result
 
 from .peers import generations, require_binary, require_generation
 
+# the lab: namespaces, real Osmocom programs, real time
+pytestmark = pytest.mark.slow
+
 MIN_DELAY = 0.3
 HOME = "A"
 _next = iter(range(10, 10_000))
