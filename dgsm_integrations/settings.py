@@ -9,7 +9,7 @@ AGI script imports it (no asyncio).
 
 from __future__ import annotations
 
-from collections.abc import Collection, Mapping
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -77,13 +77,16 @@ def convert(key: str, kind: str, text: str) -> Any:
 
 def typed_values(kinds: Mapping[str, str], values: Mapping[str, str], *,
                  renamed: Mapping[str, str] | None = None,
-                 allowed: Collection[str] | None = None) -> dict[str, Any]:
+                 allowed: Collection[str] | None = None,
+                 parsers: Mapping[str, Callable[[str], Any]] | None = None) -> dict[str, Any]:
     """Keyword arguments for a config dataclass from text values (a file, flags).
 
     ``kinds``: field name -> annotation (as a string); keys are matched with ``-`` or ``_``.
     ``renamed``: old key -> its current name, still accepted with a warning (an operator's
     file must not break because we renamed a setting); ``allowed``: the only keys taken
-    (others are unknown). Raises ConfigError naming the key.
+    (others are unknown); ``parsers``: field name -> its own text-to-value function, for a
+    field whose text is not its annotation's (a ValueError there is a bad value). Raises
+    ConfigError naming the key.
     """
     kw: dict[str, Any] = {}
     for raw_key, text in values.items():
@@ -101,7 +104,14 @@ def typed_values(kinds: Mapping[str, str], values: Mapping[str, str], *,
         kind = kinds.get(key)
         if kind is None or (allowed is not None and key not in allowed):
             raise ConfigError(f"unknown setting {raw_key[:40]!r}")
-        kw[key] = convert(key, kind, text.strip())
+        parse = parsers.get(key) if parsers else None
+        if parse is None:
+            kw[key] = convert(key, kind, text.strip())
+            continue
+        try:
+            kw[key] = parse(text.strip())
+        except ValueError:
+            raise ConfigError(f"bad value {text[:40]!r} for {key.replace('_', '-')}") from None
     return kw
 
 

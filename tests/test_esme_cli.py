@@ -98,6 +98,11 @@ def test_statuses_take_hex() -> None:
     c = cfg("--not-found-status", "0x45", "--untrusted-status", "0x58")
     assert (c.not_found_status, c.untrusted_status) == (0x45, Status.RTHROTTLED)
     assert c.routing.not_found_status == 0x45
+    # as text too (EsmeConfig.from_strings): hex, decimal, and a bad value named
+    c = EsmeConfig.from_strings({"not-found-status": "0x45", "untrusted_status": "8"})
+    assert (c.not_found_status, c.untrusted_status) == (0x45, 8)
+    with pytest.raises(ConfigError, match="bad value 'forty' for not-found-status"):
+        EsmeConfig.from_strings({"not-found-status": "forty"})
 
 
 def test_trusted_alone_makes_the_policy_in_code() -> None:

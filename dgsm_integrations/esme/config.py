@@ -22,7 +22,7 @@ from typing import Any
 from ..errors import ConfigError
 from ..mslookup.errors import MslookupError
 from ..mslookup.options import LookupOptions
-from ..settings import convert
+from ..settings import convert, typed_values
 from .binds import BindConfig
 from .errors import CredentialsError
 from .routing import Routing
@@ -34,6 +34,8 @@ __all__ = ["TRUST_KEYS", "EsmeConfig", "Secret"]
 #: Settings that make :attr:`EsmeConfig.trust` rather than being fields of their own.
 TRUST_KEYS = ("site_credentials", "credentials_file", "trust_any_site")
 _STATUS_FIELDS = ("not_found_status", "untrusted_status")
+#: a command_status may be written in hex (0x45), as the SMPP specification lists them
+_STATUS_PARSERS = {name: (lambda text: int(text, 0)) for name in _STATUS_FIELDS}
 _LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 
 
@@ -153,24 +155,15 @@ class EsmeConfig(LookupOptions):
         (a path) and ``trust_any_site`` (a bool), which make :attr:`trust` with
         ``trusted`` (comma separated)."""
         kinds = {f.name: str(f.type) for f in fields(cls) if f.init and f.name != "trust"}
-        kw: dict[str, Any] = {}
         extra: dict[str, str] = {}
+        rest: dict[str, str] = {}
         for raw_key, text in values.items():
             key = raw_key.strip().replace("-", "_")
             if key in TRUST_KEYS:
                 extra[key] = text
-                continue
-            kind = kinds.get(key)
-            if kind is None:
-                raise ConfigError(f"unknown setting {raw_key!r}")
-            if key in _STATUS_FIELDS:
-                try:
-                    kw[key] = int(text.strip(), 0)
-                except ValueError:
-                    raise ConfigError(f"bad value {text[:40]!r} for "
-                                      f"{key.replace('_', '-')}") from None
             else:
-                kw[key] = convert(key, kind, text.strip())
+                rest[raw_key] = text
+        kw = typed_values(kinds, rest, parsers=_STATUS_PARSERS)
         any_site = convert("trust_any_site", "bool", extra.get("trust_any_site", "no"))
         try:
             kw["trust"] = TrustPolicy.build(kw.get("trusted"), _credentials(extra), any_site)
