@@ -17,10 +17,9 @@ from typing import Any, ClassVar, Protocol, TypeVar
 from .mslookup import MslookupError
 from .mslookup.model import parse_networks
 from .mslookup.transport import MulticastConfig, local_source
-from .settings import ConfigError, read_config_file
+from .settings import ConfigError, read_config_file, setting_text
 
-__all__ = ["Server", "add_mslookup_args", "run_daemon", "server_parser", "setting_text",
-           "settings_from_args",
+__all__ = ["Server", "add_mslookup_args", "run_daemon", "server_parser", "settings_from_args",
            "trust_problem"]
 
 class DaemonConfig(Protocol):
@@ -140,18 +139,6 @@ async def _serve(server: Server, grace: float, log: logging.Logger) -> int:
     await server.close()
     log.info("stopped after %s", server.stats.as_dict())
     return 0
-
-
-def setting_text(value: object) -> str:
-    """``value`` as a settings file writes it, so that ``--check``'s output read back as a
-    file gives the same settings: yes/no, none, comma-separated lists."""
-    if value is None:
-        return "none"
-    if isinstance(value, bool):
-        return "yes" if value else "no"
-    if isinstance(value, tuple | list):
-        return ",".join(f"{v}" for v in value)
-    return f"{value}"  # format(), not str(): a password formats as *** (esme.config.Secret)
 
 
 def run_daemon(prog: str, args: argparse.Namespace, from_strings: Callable[[dict[str, str]], C],

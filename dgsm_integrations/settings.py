@@ -17,7 +17,7 @@ from .errors import ConfigError
 from .mslookup.options import LookupOptions
 
 __all__ = ["LOG_LEVELS", "MAX_FILE", "CallServerOptions", "ConfigError", "convert",
-           "read_config_file", "typed_values"]
+           "read_config_file", "setting_text", "typed_values"]
 
 MAX_FILE = 64 * 1024
 LOG_LEVELS = ("debug", "info", "warning", "error")
@@ -73,6 +73,18 @@ def convert(key: str, kind: str, text: str) -> Any:
         return text
     except ValueError:
         raise ConfigError(f"bad value {text[:40]!r} for {key.replace('_', '-')}") from None
+
+
+def setting_text(value: object) -> str:
+    """``value`` as a settings file writes it, the inverse of :func:`convert`: yes/no, none,
+    comma-separated lists (``--check`` prints every setting so, to be read back as a file)."""
+    if value is None:
+        return "none"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, tuple | list):
+        return ",".join(f"{v}" for v in value)
+    return f"{value}"  # format(), not str(): a password formats as *** (esme.config.Secret)
 
 
 def typed_values(kinds: Mapping[str, str], values: Mapping[str, str], *,
