@@ -61,8 +61,6 @@ class LookupOptions:
     allow_loopback: bool = False
 
     def __post_init__(self) -> None:
-        if isinstance(self.trusted, str):
-            raise ConfigError(f"trusted must be a list of networks, not {self.trusted!r}")
         try:
             MulticastConfig(self.group, self.mdns_port, self.interface, self.ttl)
             Settings.of(suffix=self.suffix, min_delay=self.min_delay, timeout=self.timeout,
