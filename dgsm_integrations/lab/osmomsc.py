@@ -5,9 +5,9 @@ root's (1.16.0, run through chroot); the config below is accepted by both.
 
 osmo-msc 1.9.0 exits at start on a kernel without SCTP ("Starting SGs server failed", exit 9):
 its SGs server and its M3UA client open SCTP sockets (1.16.0 logs the same failure and keeps
-running). :func:`build_shim` compiles ``nosctp.c`` (an LD_PRELOAD shim of ours, next to this
-file) with this host's gcc into a temporary directory, once per process; it turns SCTP sockets
-into TCP ones (libsctp's bindx/connectx into a real bind/connect, so SGs listens where
+running). :func:`.shimmed.build_shim` compiles ``nosctp.c`` (an LD_PRELOAD shim of ours, next
+to this file) with this host's gcc into a temporary directory, once per process; it turns SCTP
+sockets into TCP ones (libsctp's bindx/connectx into a real bind/connect, so SGs listens where
 configured), SCTP socket options into no-ops, and keeps M3UA's message boundaries on the byte
 stream (see the shim's header), so osmo-msc starts in both generations, and its M3UA client
 works against osmo-stp (:mod:`.osmostp`) run with the same shim. SMPP tests speak SMPP to it
@@ -21,24 +21,17 @@ are fixed here: 4254, 4255, 29118), or in a lab village (``netns=``); the SMPP p
 
 from __future__ import annotations
 
-import contextlib
-import os
-import socket
 import sqlite3
-import subprocess
-import tempfile
-import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any, Self
+from typing import Any
 
 from .distro import HOST, Distro
-from .netns import LabError, Netns, need, terminate
+from .netns import LabError, Netns
+from .shimmed import ShimmedProgram, build_shim
 
 __all__ = ["AInterface", "OsmoMsc", "OsmoMscError", "build_shim", "unpack_septets"]
 
-SHIM_SOURCE = Path(__file__).with_name("nosctp.c")
-_shim_cache: dict[str, Path] = {}
 M3UA_PORT = 2905  # osmo-stp's (lab/osmostp.py)
 
 
@@ -60,28 +53,16 @@ class OsmoMscError(LabError):
     """osmo-msc did not start, or exited; the message carries the end of its log."""
 
 
-def build_shim() -> Path:
-    """Compile the SCTP shim once per process; returns the .so path."""
-    cached = _shim_cache.get("so")
-    if cached is not None and cached.exists():
-        return cached
-    gcc = need("gcc", "gcc")
-    out = Path(tempfile.mkdtemp(prefix="dgsm-nosctp-")) / "nosctp.so"
-    proc = subprocess.run([gcc, "-shared", "-fPIC", "-O2", "-o", str(out), str(SHIM_SOURCE),
-                           "-ldl"], check=False, capture_output=True, text=True, timeout=60)
-    if proc.returncode != 0:
-        raise OsmoMscError(f"compiling the SCTP shim {SHIM_SOURCE} failed (gcc exit "
-                           f"{proc.returncode}; is libc6-dev installed?):\n{proc.stderr[-2000:]}")
-    _shim_cache["so"] = out
-    return out
-
-
-class OsmoMsc:
+class OsmoMsc(ShimmedProgram):
     """One osmo-msc process with an SMPP interface configured like OsmoMSC's example.
 
     ``esmes`` maps system-id to (password, default_route). ``policy closed``: only those
-    system-ids may bind.
+    system-ids may bind. Ready when its SMPP port accepts a connection.
     """
+
+    program = "osmo-msc"
+    package = "osmo-msc"
+    error = OsmoMscError
 
     def __init__(self, workdir: Path, smpp_port: int, *,
                  esmes: dict[str, tuple[str, bool]] | None = None,
@@ -89,22 +70,15 @@ class OsmoMsc:
                  bind_ip: str = "127.0.0.1", hlr_ip: str = "127.0.0.1",
                  netns: Netns | None = None, binary: str | None = None,
                  distro: Distro = HOST, a_interface: AInterface | None = None) -> None:
-        self.workdir = Path(workdir)
+        super().__init__(workdir, bind_ip=bind_ip, netns=netns, binary=binary, distro=distro,
+                         start_timeout=start_timeout)
         self.a_interface = a_interface
         self.smpp_port = smpp_port
         self.system_id = system_id
         self.esmes = esmes if esmes is not None else {"OSMPP": ("foo", True),
                                                       "ISMPP": ("foo", False)}
-        self.start_timeout = start_timeout
-        self.bind_ip, self.hlr_ip = bind_ip, hlr_ip
-        self.netns = netns
-        self.binary = binary
-        self.distro = distro
-        self.config_path = self.workdir / "osmo-msc.cfg"
+        self.hlr_ip = hlr_ip
         self.db_path = self.workdir / "sms.db"
-        self.log_path = self.workdir / "osmo-msc.log"
-        self._proc: subprocess.Popen[bytes] | None = None
-        self._log: IO[bytes] | None = None
 
     def config_text(self) -> str:
         esmes = "".join(
@@ -138,71 +112,8 @@ class OsmoMsc:
                 f" asp lab-msc {M3UA_PORT} 0 m3ua\n  remote-ip 127.0.0.1\n"
                 "  local-ip 127.0.0.1\n  role asp\n  sctp-role client\n")
 
-    def start(self) -> None:
-        binary = self.binary or self.distro.need("osmo-msc", "osmo-msc")
-        shim = build_shim()
-        self.workdir.mkdir(parents=True, exist_ok=True)
-        self.distro.check_visible(self.workdir)
-        self.distro.check_visible(shim)
-        self.config_path.write_text(self.config_text())
-        self._log = self.log_path.open("ab")
-        env = dict(os.environ, LD_PRELOAD=str(shim))
-        argv = self.distro.argv([binary, "-c", str(self.config_path)])
-        self._proc = subprocess.Popen(
-            self.netns.argv(argv) if self.netns is not None else argv, stdin=subprocess.DEVNULL,
-            stdout=self._log, stderr=subprocess.STDOUT, cwd=self.workdir, env=env)
-        deadline = time.monotonic() + self.start_timeout
-        while True:  # ready when its SMPP port accepts a connection (polled, bounded)
-            if self._proc.poll() is not None:
-                raise OsmoMscError(f"osmo-msc exited ({self._proc.returncode}) at start:\n"
-                                   + self.log_tail())
-            if self._smpp_open():
-                return
-            if time.monotonic() > deadline:
-                self.stop()
-                raise OsmoMscError(f"osmo-msc SMPP port {self.smpp_port} not open after "
-                                   f"{self.start_timeout}s:\n" + self.log_tail())
-            time.sleep(0.02)  # polling a port that has no event to await
-
-    def _smpp_open(self) -> bool:
-        ctx = self.netns.entered() if self.netns is not None else contextlib.nullcontext()
-        with ctx, contextlib.suppress(OSError), \
-                socket.create_connection((self.bind_ip, self.smpp_port), timeout=0.2):
-            return True
-        return False
-
-    def stop(self) -> None:
-        proc, self._proc = self._proc, None
-        if proc is not None:
-            terminate(proc)
-        if self._log is not None:
-            self._log.close()
-            self._log = None
-
-    @property
-    def running(self) -> bool:
-        return self._proc is not None and self._proc.poll() is None
-
-    def __enter__(self) -> Self:
-        self.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
-
-    def log_text(self) -> str:
-        """Everything osmo-msc logged so far."""
-        try:
-            return self.log_path.read_text(errors="replace")
-        except OSError:
-            return ""
-
-    def log_tail(self, lines: int = 30) -> str:
-        try:
-            text = self.log_path.read_text(errors="replace")
-        except OSError:
-            return "(no log)"
-        return "\n".join(text.splitlines()[-lines:])
+    def ready_port(self) -> tuple[int, str]:
+        return self.smpp_port, "SMPP"
 
     def stored_sms(self) -> list[dict[str, Any]]:
         """Every row of osmo-msc's SMS table, as a dict per row."""
