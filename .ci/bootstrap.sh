@@ -49,8 +49,9 @@ make_venv() {
     # installs from changes (pyproject.toml, the extras, the interpreter)
     local stamp
     stamp="$extras $(.venv/bin/python -VV 2>&1 | head -1) $(sha1sum pyproject.toml | cut -c1-40)"
-    if [ "$(cat .venv/.dgsm-installed 2>/dev/null)" = "$stamp" ]; then
-        return 0
+    if [ "$(cat .venv/.dgsm-installed 2>/dev/null)" = "$stamp" ] &&
+        .venv/bin/python -I -c 'import importlib.metadata as m; m.distribution("dgsm-integrations")' 2>/dev/null; then
+        return 0  # (and still installed: something may have uninstalled it since)
     fi
     say "installing dgsm-integrations into .venv (pip install -e .[$extras])"
     rm -f .venv/.dgsm-installed

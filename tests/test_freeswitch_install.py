@@ -37,9 +37,12 @@ def prefix(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     shutil.copytree(ROOT, src, ignore=shutil.ignore_patterns(
         ".venv", ".git", "*.egg-info", "build", "__pycache__", ".pytest_cache", ".mypy_cache",
         ".ruff_cache"))
+    # --ignore-installed: with --prefix alone, pip first uninstalls the copy in the running
+    # environment (the suite's own .venv), taking its console scripts with it
     proc = subprocess.run(
-        [sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation",
-         "--no-index", "--disable-pip-version-check", "--prefix", str(where), str(src)],
+        [sys.executable, "-m", "pip", "install", "-q", "--ignore-installed", "--no-deps",
+         "--no-build-isolation", "--no-index", "--disable-pip-version-check",
+         "--prefix", str(where), str(src)],
         capture_output=True, text=True, timeout=300, check=False)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     yield where
@@ -64,6 +67,17 @@ def test_the_unit_runs_and_documents_from_the_venv(prefix: Path) -> None:
         assert (prefix / Path(doc).relative_to(VENV)).is_file()
     for name in ("freeswitch_dialplan_dgsm.py", "freeswitch.conf", "dialplan/public.xml"):
         assert (prefix / SHARE / name).read_bytes() == (ROOT / "freeswitch" / name).read_bytes()
+
+
+def test_installing_into_a_prefix_leaves_this_environment_installed(prefix: Path) -> None:
+    """The install above must not touch the environment running the tests: once it
+    uninstalled .venv's dgsm-integrations, and the next command needing a console script
+    (the FreeSWITCH tier, the demo) found none."""
+    out = subprocess.run(  # -I: not the checkout's own egg-info, which the cwd would find
+        [sys.executable, "-I", "-c", "import importlib.metadata as m; "
+         "print(m.distribution('dgsm-integrations').version)"],
+        capture_output=True, text=True, timeout=30, check=False)
+    assert out.returncode == 0 and out.stdout.strip(), out.stderr
 
 
 def test_the_documented_include_path_exists_in_the_install(prefix: Path) -> None:
