@@ -173,6 +173,82 @@ def test_a_held_back_first_copy_keeps_a_quarter_of_the_window() -> None:
         assert ended[q.id] == pytest.approx(expected, abs=0.006), (q.id, left[q.id])
 
 
+def _held_back_burst(young_delay: float, before: tuple[float, float] | None = None
+                     ) -> list[tuple[float, float, Result]]:
+    """12 lookups at once whose first copies a bucket of 10/s holds back (0.1 s apart, one
+    copy each). Two sites know every subscriber: an OLD one (age 30) answers each copy at
+    once, a YOUNG one (age 5) ``young_delay`` s after it (a loaded site: its socket has a
+    queue). ``before=(delay, quiet)``: first one lookup that the young site answers after
+    ``delay``, and the burst ``quiet`` s after that. The clock moves in 1 ms steps.
+    Returns (first copy left, result delivered, final result) of each burst lookup."""
+    d = Drive(min_delay=1.0, resend=0, send_rate=10, burst=1)
+    young, old = "10.9.0.1", "10.9.0.2"
+    now = 0.0
+    if before is not None:
+        delay, quiet = before
+        q0 = _query(2999)
+        d.engine.start(q0, now, d.results.setdefault(q0.id, []).append)
+        d.engine.due(now)
+        d.engine.receive(_answer(q0, 5, "10.9.0.5"), young, now + delay)
+        d.engine.advance(now + max(delay, 1.0))
+        now = round(now + max(delay, 1.0) + quiet, 3)
+    queries = [_query(3000 + i) for i in range(12)]
+    for q in queries:
+        d.engine.start(q, now, d.results.setdefault(q.id, []).append)
+    left: dict[str, float] = {}
+    ended: dict[str, float] = {}
+    arrivals: list[tuple[float, bytes, str]] = []
+    while len(d.engine):
+        for _at, data, source in [a for a in arrivals if a[0] <= now + 1e-9]:
+            d.engine.receive(data, source, now)
+        arrivals = [a for a in arrivals if a[0] > now + 1e-9]
+        for _flight, data in d.engine.due(now):
+            q = decode_query(data)[1]
+            left.setdefault(q.id, now)
+            arrivals.append((now, _answer(q, 30, "10.9.0.6"), old))
+            arrivals.append((now + young_delay, _answer(q, 5, "10.9.0.5"), young))
+        d.engine.advance(now)
+        for q in queries:
+            if d.results[q.id] and q.id not in ended:
+                ended[q.id] = now
+        now = round(now + 0.001, 3)
+    return [(left[q.id], ended[q.id], d.results[q.id][-1]) for q in queries]
+
+
+def test_a_loaded_young_site_still_wins_a_burst() -> None:
+    """Regression (found by bench/throughput.py once a burst's lookups shared one start):
+    the young site answers 0.4 s after each copy, the old one at once. A lookup whose first
+    copy the bucket held back to 0.7 s or later waited only FLOOR_SHARE (0.25 s) after it,
+    so the old village won 5 lookups of 12 (and 10-18% of a 2,000-lookup burst against
+    loaded sites). The engine measures how long answers take (0.4 s, from the burst's first
+    lookups) and waits twice that after a late first copy: the young site wins every one,
+    and no lookup waits more than one window after its first copy."""
+    runs = _held_back_burst(young_delay=0.4)
+    assert [r.age for _, _, r in runs] == [5] * 12, runs
+    assert all(end <= left + 1.0 + 0.006 for left, end, _ in runs), runs
+    assert max(left for left, _, _ in runs) >= 1.0  # the last ones really were held back
+
+
+def test_without_slow_answers_a_held_back_lookup_waits_only_a_quarter() -> None:
+    """The answer delay seen lately is forgotten (half-life 2 s): 30 s after one answer that
+    took 0.9 s, a burst answered within 50 ms ends each held-back lookup FLOOR_SHARE of its
+    window after its first copy, as if the slow answer had never been."""
+    runs = _held_back_burst(young_delay=0.05, before=(0.9, 30.0))
+    start = runs[0][0]
+    assert [r.age for _, _, r in runs] == [5] * 12, runs
+    for left, end, _ in runs:
+        assert end == pytest.approx(max(start + 1.0, left + 0.25), abs=0.006), (left - start,
+                                                                              end - start)
+
+
+def test_a_slow_answer_moments_ago_still_counts() -> None:
+    """The same burst 1 s after the 0.9 s answer: the delay is still remembered (0.6-0.9 s),
+    so the last lookups wait 1 s (a whole window, the most) after their first copy."""
+    runs = _held_back_burst(young_delay=0.05, before=(0.9, 0.0))
+    last_left, last_end, _ = runs[-1]
+    assert last_end == pytest.approx(last_left + 1.0, abs=0.006)
+
+
 def test_answers_to_other_questions_are_not_decoded(monkeypatch: pytest.MonkeyPatch) -> None:
     def fail(*args: object) -> object:
         raise AssertionError("decoded an answer nobody here asked for")

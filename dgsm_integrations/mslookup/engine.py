@@ -61,8 +61,13 @@ _MAX_WARNED_UNUSABLE = 64
 _MAX_SOURCES = 1024
 #: A driver's wake-up this close before a deadline counts as the deadline.
 _EARLY = 0.001
-#: A lookup whose first copy left late keeps at least this share of its window after it.
+#: A lookup whose first copy left late keeps at least this share of its window after it...
 FLOOR_SHARE = 0.25
+#: ... and at least this many times the answer delay seen lately (up to a whole window):
+#: sites that answer slowly must not lose to an older one that answered first.
+ANSWER_HEADROOM = 2.0
+#: How fast the answer delay seen lately is forgotten: its half-life, in seconds.
+DELAY_HALF_LIFE = 2.0
 
 # verdicts remembered per distinct answer
 _OK, _MALFORMED, _UNTRUSTED, _UNUSABLE = range(4)
@@ -104,6 +109,9 @@ class Stats:
     resends_deferred: int = 0
     resends_skipped: int = 0
     grace_periods: int = 0
+    #: lookups whose deadlines moved out: their first copy left late (a burst), so they
+    #: waited FLOOR_SHARE of a window, or twice the answer delay seen lately, after it
+    waits_extended: int = 0
     packets_received: int = 0
     queries_seen: int = 0
     answers_accepted: int = 0
@@ -221,8 +229,8 @@ class Lookup:
 
 
 class _Flight:
-    __slots__ = ("handed", "key", "lookups", "name", "query", "seen", "send_error",
-                 "sent_ok", "traced", "wire")
+    __slots__ = ("first_at", "handed", "key", "lookups", "name", "query", "seen",
+                 "send_error", "sent_ok", "traced", "wire")
 
     def __init__(self, query: Query, wire: bytes) -> None:
         self.query = query
@@ -233,6 +241,7 @@ class _Flight:
         # distinct answers: (datagram, sender, decoded answer, verdict)
         self.seen: list[tuple[bytes, str, Answer | None, int]] = []
         self.handed = 0  # copies handed to the driver
+        self.first_at: float | None = None  # when the first copy was handed out
         self.sent_ok = 0  # ... and not reported failed
         self.send_error: str | None = None
         self.traced = False  # a lookup of it wants every answer (on_answer)
@@ -270,6 +279,8 @@ class Engine:
         self._sources: dict[str, bool] = {}
         self._warned_unusable: set[tuple[str, str]] = set()
         self._trust_mark = (now, 0, 0)
+        self._delay = 0.0  # the slowest answer seen lately (from its flight's first copy)...
+        self._delay_at = now  # ... as of then
 
     def __len__(self) -> int:
         """Flights in progress."""
@@ -338,8 +349,12 @@ class Engine:
         if flight is None:
             self._unmatched(data, source, name, now)
             return
+        first_of_site = True
         for seen in flight.seen:
-            if seen[0] == data and seen[1] == source:
+            if seen[1] != source:
+                continue
+            first_of_site = False
+            if seen[0] == data:
                 # a copy of an answer already judged (and, if accepted, already given to
                 # every lookup of the flight: only a trace has anything to learn from it)
                 stats.duplicates += 1
@@ -358,6 +373,8 @@ class Engine:
             self._count_drop(verdict)
             return
         stats.answers_accepted += 1
+        if first_of_site and flight.first_at is not None:
+            self._note_delay(now - flight.first_at, now)
         self._fan_out(flight, answer, source, now)
 
     def _fan_out(self, flight: _Flight, answer: Answer, source: str, now: float) -> None:
@@ -420,6 +437,8 @@ class Engine:
             flight = lookup.flight
             if flight is not None and flight.handed == 0:
                 continue  # not asked yet (the pacer holds it): armed when its copy leaves
+            if flight is not None and self._extend(lookup, flight, now):
+                continue  # sites answer slowly now: it waits for them
             when = max(now, at)
             if self._grace(lookup, when):
                 continue
@@ -565,17 +584,47 @@ class Engine:
 
     def _first_copy_left(self, flight: _Flight, now: float) -> None:
         """A lookup asks the network when its first copy leaves. If the pacer held it back
-        (a burst of lookups) so long that less than FLOOR_SHARE of its window is left, its
-        deadlines move out until that much is: a site answering a few ms after another must
-        not miss a deadline that falls just after the query went out (an older site would
-        win). A short hold costs nothing: answers need milliseconds, not the window."""
+        (a burst of lookups) so long that too little of its window is left, its deadlines
+        move out (:meth:`_extend`). A short hold costs nothing: answers need milliseconds,
+        not the window."""
+        flight.first_at = now
         for lookup in flight.lookups:
-            selection = lookup.selection
-            window = selection.timing.window
-            shift = now + window * FLOOR_SHARE - (selection.start + window)
-            if shift > GRID:
-                lookup.shift = shift
-                self._arm(lookup)
+            self._extend(lookup, flight, now)
+
+    def _extend(self, lookup: Lookup, flight: _Flight, now: float) -> bool:
+        """Move the lookup's deadlines out, if need be, so that after its first copy left it
+        waits FLOOR_SHARE of its window, and ANSWER_HEADROOM times the answer delay seen
+        lately, but never more than a window: a site answering after another must not miss
+        a deadline that falls just after the query went out, or that comes before a
+        loaded site's answers can (an older site would win). Checked when the first copy
+        leaves and again at each deadline, with the delay seen by then. True if moved."""
+        first = flight.first_at
+        if first is None:
+            return False
+        selection = lookup.selection
+        window = selection.timing.window
+        wait = max(window * FLOOR_SHARE, ANSWER_HEADROOM * self._answer_delay(now))
+        shift = first + min(window, wait) - (selection.start + window)
+        if shift <= lookup.shift + GRID:
+            return False
+        if lookup.shift == 0.0:
+            self.stats.waits_extended += 1
+        lookup.shift = shift
+        self._arm(lookup)
+        return True
+
+    def _answer_delay(self, now: float) -> float:
+        """The slowest answer seen lately: the longest time from a flight's first copy to
+        the first answer of a site, forgotten with a half-life of DELAY_HALF_LIFE. (An
+        answer to a later copy counts from the first: too long, never too short.)"""
+        delay = self._delay
+        if delay and now > self._delay_at:
+            delay *= 0.5 ** ((now - self._delay_at) / DELAY_HALF_LIFE)
+        return delay
+
+    def _note_delay(self, delay: float, now: float) -> None:
+        self._delay = max(self._answer_delay(now), delay)
+        self._delay_at = now
 
     def _grace(self, lookup: Lookup, now: float) -> bool:
         """At the end of a lookup that found nothing, make up for copies that did not leave
