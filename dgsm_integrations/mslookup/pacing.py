@@ -40,7 +40,7 @@ import heapq
 import itertools
 import math
 from collections.abc import Hashable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 __all__ = ["DEFAULT_BURST", "DEFAULT_RATE", "GRID", "MIN_GAP", "Pacer"]
 
@@ -69,19 +69,35 @@ _MARGIN_MAX = 0.15
 
 @dataclass(eq=False, slots=True)
 class _Plan:
+    """One flight's copies. Its first schedule (the chain) is kept as a rule, not a list:
+    copy k is due at :meth:`at` (k), for k < ``count``; one copy of a flight waits in a
+    heap at a time. Copies a later caller added are in ``extra``."""
+
     key: Hashable
     wire: bytes
     latest: float  # no re-send leaves after this
     gap: float  # least time between two copies of this flight
-    planned: list[float] = field(default_factory=list)  # every copy ever planned
-    chain: list[float] = field(default_factory=list)  # its first schedule's copies still
-    # to queue, the latest first: one copy of a flight waits in a heap at a time
+    origin: float  # when the chain's first copy was due
+    step: float  # the chain's interval...
+    grid: float  # ... rounded up to this grid
+    count: int  # copies in the chain
+    extra: list[float] | None = None  # copies later callers added
     numbered: int = 0  # copies of the chain queued so far
     last: float | None = None  # when the last copy left
     sent: int = 0
     pending: int = 0  # copies planned and not yet sent or skipped
     missed: int = 0  # copies skipped, or sent more than half an interval late
     live: bool = True
+
+    def at(self, k: int) -> float:
+        """When the chain's copy ``k`` is due."""
+        if k == 0:
+            return self.origin
+        return math.ceil((self.origin + k * self.step) / self.grid - 1e-9) * self.grid
+
+    def planned(self) -> list[float]:
+        """Every copy ever planned."""
+        return [self.at(k) for k in range(self.count)] + (self.extra or [])
 
 
 class Pacer:
@@ -135,21 +151,24 @@ class Pacer:
         grid = min(GRID, step / 4)
         margin = min(window * _MARGIN_SHARE, _MARGIN_MAX)
         latest = now + window - margin
-        times = [now] + [math.ceil((now + k * step) / grid - 1e-9) * grid
-                         for k in range(1, copies)]
-        times = [times[0]] + [t for t in times[1:] if t <= latest]
+        mine = _Plan(key, wire, latest, step / 2, now, step, grid, 1)
+        while mine.count < copies and mine.at(mine.count) <= latest:
+            mine.count += 1  # the first copy always; re-sends due by the last useful moment
         plan = self._plans.get(key)
         if plan is None:
-            plan = self._plans[key] = _Plan(key, wire, latest, step / 2, times,
-                                            times[:0:-1])
-            plan.pending = len(times)
-            self._queue_next(plan, now)
+            self._plans[key] = mine
+            mine.pending = mine.count
+            self._queue_next(mine, now)
             return
         plan.latest = max(plan.latest, latest)
         plan.gap = min(plan.gap, step / 2)
-        for number, t in enumerate(times):  # a second caller: its own copies, queued now
-            if all(abs(t - other) >= step / 2 for other in plan.planned):
-                plan.planned.append(t)
+        planned = plan.planned()
+        for number, t in enumerate(mine.planned()):  # a second caller: its own copies,
+            if all(abs(t - other) >= step / 2 for other in planned):  # queued now
+                planned.append(t)
+                if plan.extra is None:
+                    plan.extra = []
+                plan.extra.append(t)
                 plan.pending += 1
                 heapq.heappush(self._timed, (t, next(self._seq), number, t, plan))
 
@@ -157,8 +176,8 @@ class Pacer:
         """Put the chain's next copy in the heap (``first``: the first copy, due then)."""
         if first is not None:
             t = first
-        elif plan.chain and plan.live:
-            t = plan.chain.pop()
+        elif plan.numbered < plan.count and plan.live:
+            t = plan.at(plan.numbered)
         else:
             return
         heapq.heappush(self._timed, (t, next(self._seq), plan.numbered, t, plan))
@@ -237,9 +256,9 @@ class Pacer:
     def _skip(self, plan: _Plan, rest: bool = False) -> None:
         """A copy too late to be answered in time; with ``rest``, the chain's later copies
         too (they can only come later still)."""
-        count = 1 + (len(plan.chain) if rest else 0)
+        count = 1 + (plan.count - plan.numbered if rest else 0)
         if rest:
-            plan.chain.clear()
+            plan.count = plan.numbered
         self.skipped += count
         plan.missed += count
         plan.pending -= count
