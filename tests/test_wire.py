@@ -8,6 +8,7 @@ import pytest
 from dnslib import QTYPE, RR, TXT, A, DNSHeader, DNSQuestion, DNSRecord
 
 from dgsm_integrations.mslookup import Endpoint, IdType, InvalidQuery, Query, WireError
+from dgsm_integrations.mslookup import wire as wire_module
 from dgsm_integrations.mslookup.wire import (
     decode_answer,
     decode_query,
@@ -200,6 +201,23 @@ def test_decoded_endpoints_are_canonical_like_endpoint() -> None:
         data = encode_answer(SIP, 1, 5, Endpoint("10.0.0.1", 5), Endpoint(v6, 6))
         a = decode_answer(data)
         assert a.v6 == Endpoint(v6, 6) and a.v4 == Endpoint("10.0.0.1", 5)
+
+
+def test_answers_naming_one_endpoint_share_it_and_the_sharing_is_bounded() -> None:
+    """Every answer of a site names the same endpoint: the decoder gives them one object
+    (and one text) instead of three allocations per answer. Answers naming thousands of
+    distinct addresses (a flood) do not grow the table past its bound, and what it gives is
+    always the endpoint that answer names."""
+    first = decode_answer(encode_answer(SIP, 1, 5, Endpoint("10.0.0.1", 5060)))
+    again = decode_answer(encode_answer(SIP, 2, 9, Endpoint("10.0.0.1", 5060)))
+    assert first.v4 is again.v4
+    other_port = decode_answer(encode_answer(SIP, 3, 9, Endpoint("10.0.0.1", 5061)))
+    assert other_port.v4 == Endpoint("10.0.0.1", 5061)
+    for n in range(1000):
+        v4, v6 = Endpoint(f"10.{n // 256}.{n % 256}.7", 5060), Endpoint(f"fd00::{n:x}", 7)
+        a = decode_answer(encode_answer(SIP, n, 1, v4, v6))
+        assert (a.v4, a.v6) == (v4, v6)
+        assert len(wire_module._ENDPOINTS) <= wire_module._MAX_ENDPOINTS
 
 
 def test_responder_answers_are_byte_exact_for_any_id() -> None:

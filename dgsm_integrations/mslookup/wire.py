@@ -182,6 +182,26 @@ def _number(value: str, what: str, maximum: int) -> int:
     return int(value)
 
 
+#: Endpoints decoded lately, by (address bytes, port): a site names the same one in every
+#: answer, so each answer shares one object (and its text) instead of building its own.
+_ENDPOINTS: dict[tuple[bytes, int], Endpoint] = {}
+_MAX_ENDPOINTS = 256
+
+
+def _endpoint(address: bytes, port: int) -> Endpoint:
+    """The endpoint of an A (4 bytes) or AAAA (16) record's data and a port."""
+    key = (address, port)
+    endpoint = _ENDPOINTS.get(key)
+    if endpoint is None:
+        if len(_ENDPOINTS) >= _MAX_ENDPOINTS:
+            _ENDPOINTS.clear()  # a flood of distinct addresses: bounded, and rare
+        # the same canonical text as Endpoint() gives (inet_ntop differs for ::ffff:a.b.c.d)
+        host = (f"{address[0]}.{address[1]}.{address[2]}.{address[3]}" if len(address) == 4
+                else str(ipaddress.IPv6Address(address)))
+        endpoint = _ENDPOINTS[key] = Endpoint.trusted(host, port)
+    return endpoint
+
+
 _HEADER = struct.Struct("!HHHH")
 _RR = struct.Struct("!HHIH")
 
@@ -224,7 +244,8 @@ def _records(data: bytes, name: bytes, query: Query, packet_id: int, ancount: in
     age: int | None = None
     v4: Endpoint | None = None
     v6: Endpoint | None = None
-    pending: tuple[int, str] | None = None  # (family, host) waiting for its port
+    has_a = has_aaaa = False
+    pending: bytes | None = None  # an address record's data, waiting for its port
     while offset < size:
         if not data.startswith(name, offset):
             raise WireError("a record for another name, or a compressed name")
@@ -248,32 +269,27 @@ def _records(data: bytes, name: bytes, query: Query, packet_id: int, ancount: in
             elif key == "port":
                 if pending is None:
                     raise WireError("port without an address record before it")
-                port = _number(value, "port", 65535)
-                family, host = pending
-                if family == 4:
-                    v4 = Endpoint.trusted(host, port)
+                endpoint = _endpoint(pending, _number(value, "port", 65535))
+                if len(pending) == 4:
+                    v4 = endpoint
                 else:
-                    v6 = Endpoint.trusted(host, port)
+                    v6 = endpoint
                 pending = None
             else:
                 raise WireError(f"unknown TXT key {key!r}")
         elif rtype in (TYPE_A, TYPE_AAAA):
-            family, want = (4, 4) if rtype == TYPE_A else (6, 16)
+            is_a = rtype == TYPE_A
             if pending is not None:
                 raise WireError("address record while a port is still expected")
-            if (v4 if family == 4 else v6) is not None:
-                raise WireError(f"duplicate {'A' if family == 4 else 'AAAA'} record")
-            if rdlength != want:
+            if has_a if is_a else has_aaaa:
+                raise WireError(f"duplicate {'A' if is_a else 'AAAA'} record")
+            if rdlength != (4 if is_a else 16):
                 raise WireError(f"address record of {rdlength} bytes")
-            # the same canonical text as Endpoint() gives (inet_ntop differs for ::ffff:a.b.c.d)
-            host = (f"{rdata[0]}.{rdata[1]}.{rdata[2]}.{rdata[3]}" if family == 4
-                    else str(ipaddress.IPv6Address(rdata)))
-            pending = (family, host)
-            # placeholder so a duplicate is seen even before its port arrives
-            if family == 4:
-                v4 = Endpoint.trusted(host, 0)
+            if is_a:
+                has_a = True
             else:
-                v6 = Endpoint.trusted(host, 0)
+                has_aaaa = True
+            pending = rdata
         else:
             raise WireError(f"unexpected record type {rtype}")
     if count != ancount:
