@@ -51,9 +51,9 @@ __all__ = ["DEFAULT_RESEND", "AnswerTrace", "Engine", "Lookup", "Reporter", "Set
 DEFAULT_RESEND = 7
 #: Seconds over which "every answer was dropped as untrusted" is judged.
 TRUST_WINDOW = 10.0
-#: How many distinct answers (bytes and sender) a flight remembers: for callers that join
-#: it late, and so that the copies every site sends for each re-sent query cost a byte
-#: comparison instead of a decode.
+#: How many distinct answers (datagram and sender) a flight remembers: for callers that
+#: join it late, and so that the copies every site sends for each re-sent query cost a
+#: hash comparison instead of a decode.
 _MAX_SEEN = 64
 #: How many (site, address) pairs of unusable answers are each logged once.
 _MAX_WARNED_UNUSABLE = 64
@@ -232,14 +232,18 @@ class _Flight:
     __slots__ = ("first_at", "handed", "key", "lookups", "name", "query", "seen",
                  "send_error", "sent_ok", "traced", "wire")
 
-    def __init__(self, query: Query, wire: bytes) -> None:
+    def __init__(self, query: Query, key: Hashable, wire: bytes) -> None:
         self.query = query
-        self.key = query.key
+        self.key = key
         self.wire = wire
         self.name = wire[HEADER_LEN:-4]  # the question name, as an answer repeats it
         self.lookups: list[Lookup] = []
-        # distinct answers: (datagram, sender, decoded answer, verdict)
-        self.seen: list[tuple[bytes, str, Answer | None, int]] = []
+        # distinct answers: (hash of the datagram, sender, decoded answer, verdict). The
+        # hash, not the datagram: 200 bytes less per answer in flight. Two datagrams from
+        # one sender to one flight whose 64-bit hashes (keyed, per process) agree are
+        # taken as copies: by chance 1 in 2**64; on purpose only by whoever can send from
+        # that site's address, who could as well send any answer.
+        self.seen: list[tuple[int, str, Answer | None, int]] = []
         self.handed = 0  # copies handed to the driver
         self.first_at: float | None = None  # when the first copy was handed out
         self.sent_ok = 0  # ... and not reported failed
@@ -295,10 +299,11 @@ class Engine:
         joined (one query on the wire) and its answers so far are given at once."""
         timing = timing or self.settings.timing(query)
         self.stats.lookups += 1
-        flight = self._flights.get(query.key)
+        key = query.key
+        flight = self._flights.get(key)
         if flight is None:
             wire = encode_query(query, self._packet_id(), self.settings.suffix)
-            flight = self._flights[query.key] = _Flight(query, wire)
+            flight = self._flights[key] = _Flight(query, key, wire)
             self._by_name[flight.name] = flight
         else:
             self.stats.coalesced += 1
@@ -350,11 +355,12 @@ class Engine:
             self._unmatched(data, source, name, now)
             return
         first_of_site = True
+        digest = hash(data)
         for seen in flight.seen:
             if seen[1] != source:
                 continue
             first_of_site = False
-            if seen[0] == data:
+            if seen[0] == digest:
                 # a copy of an answer already judged (and, if accepted, already given to
                 # every lookup of the flight: only a trace has anything to learn from it)
                 stats.duplicates += 1
@@ -368,7 +374,7 @@ class Engine:
                 return
         answer, verdict = self._judge(data, source, flight)
         if len(flight.seen) < _MAX_SEEN:
-            flight.seen.append((data, source, answer, verdict))
+            flight.seen.append((digest, source, answer, verdict))
         if verdict != _OK or answer is None:
             self._count_drop(verdict)
             return
