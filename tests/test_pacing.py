@@ -55,6 +55,32 @@ def test_explicit_interval_and_copies_that_do_not_fit_the_window() -> None:
     assert [round(t, 3) for t in times] == [0.0, 0.1, 0.2]
 
 
+@pytest.mark.parametrize("seed", range(4))
+def test_copies_that_fit_are_exactly_those_due_by_the_last_useful_moment(seed: int) -> None:
+    """The schedule is kept as a rule (copy k at now + k * interval, rounded up to the grid)
+    and the copies counted without listing them: for any clock, window, copy count and
+    interval, exactly the copies due by the last useful moment are planned and sent, at
+    their times (a copy planned past it would be skipped: a grace period for nothing)."""
+    import math
+    import random
+    rnd = random.Random(seed)
+    for _ in range(300):
+        now = rnd.choice([0.0, rnd.uniform(0, 1e5)])
+        window = rnd.choice([rnd.uniform(0.001, 3.0), 1.0, 0.2])
+        copies = rnd.randint(1, 21)
+        interval = rnd.choice([None, rnd.uniform(0.001, 2.0)])
+        step = interval if interval is not None else window * 0.8 / max(1, copies - 1)
+        grid = min(GRID, step / 4)
+        latest = now + window - min(window * 0.15, 0.15)
+        want = [now] + [t for t in (math.ceil((now + k * step) / grid - 1e-9) * grid
+                                    for k in range(1, copies)) if t <= latest]
+        p = Pacer(rate=1e6, burst=100_000, now=now)
+        p.schedule("q", b"x", now, window, copies, interval)
+        sent = [t for t, _ in run(p, now + 10 * window + 50, now)]
+        assert sent == want, (now, window, copies, interval)
+        assert p.skipped == 0, (now, window, copies, interval)  # none planned past it
+
+
 def test_bucket_caps_the_rate_of_a_burst_and_first_copies_go_first() -> None:
     p = Pacer(rate=1000, burst=10)
     for i in range(200):

@@ -151,9 +151,14 @@ class Pacer:
         grid = min(GRID, step / 4)
         margin = min(window * _MARGIN_SHARE, _MARGIN_MAX)
         latest = now + window - margin
-        mine = _Plan(key, wire, latest, step / 2, now, step, grid, 1)
+        # the first copy always; the re-sends due by the last useful moment (copy k is due
+        # at most a grid step after now + k * step: start from there, then check)
+        mine = _Plan(key, wire, latest, step / 2, now, step, grid,
+                     max(1, min(copies, 1 + int((latest - now) / step))))
+        while mine.count > 1 and mine.at(mine.count - 1) > latest:
+            mine.count -= 1
         while mine.count < copies and mine.at(mine.count) <= latest:
-            mine.count += 1  # the first copy always; re-sends due by the last useful moment
+            mine.count += 1
         plan = self._plans.get(key)
         if plan is None:
             self._plans[key] = mine
