@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import ast
 import itertools
+import math
+import random
 from collections.abc import Hashable
 from pathlib import Path
 
@@ -61,8 +63,6 @@ def test_copies_that_fit_are_exactly_those_due_by_the_last_useful_moment(seed: i
     and the copies counted without listing them: for any clock, window, copy count and
     interval, exactly the copies due by the last useful moment are planned and sent, at
     their times (a copy planned past it would be skipped: a grace period for nothing)."""
-    import math
-    import random
     rnd = random.Random(seed)
     for _ in range(300):
         now = rnd.choice([0.0, rnd.uniform(0, 1e5)])
