@@ -30,6 +30,8 @@ MAX_DELAY_MS = 3_600_000
 
 _LABEL = re.compile(r"[A-Za-z0-9_-]{1,63}")
 _DIGITS = re.compile(r"[0-9]+")
+#: The services D-GSM asks for: parsed queries share these strings.
+_SERVICES = {s: s for s in ("sip.voice", "smpp.sms", "gsup.hlr")}
 _TIMING = re.compile(r"(?:(?P<delay>[0-9]*)-)?(?P<timeout>[0-9]*)")
 
 
@@ -137,6 +139,7 @@ class Query:
                 "e.g. sip.voice.12345.msisdn"
             )
         service, ident, id_type = parts
+        service = _SERVICES.get(service, service)  # one string for every lookup of a kind
         try:
             kind = IdType(id_type.lower())
         except ValueError:

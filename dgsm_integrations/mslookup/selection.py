@@ -15,6 +15,7 @@ next wants to be woken (:attr:`Selection.deadline`). Rules:
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import lru_cache
 
 from .errors import InvalidQuery
 from .model import Answer, Outcome, Result
@@ -44,14 +45,19 @@ class Timing:
 
     @classmethod
     def settle(cls, min_delay: float, timeout: float | None) -> Timing:
-        """libosmo-mslookup's rule: timeout defaults to min_delay, and both 0 mean 1 s."""
-        to = timeout or min_delay or 1.0
-        return cls(min_delay, to)
+        """libosmo-mslookup's rule: timeout defaults to min_delay, and both 0 mean 1 s.
+        (One object per distinct pair: thousands of lookups in flight share a few.)"""
+        return _settled(min_delay, timeout)
 
     @property
     def window(self) -> float:
         """The time in which answers are collected before a first result is due."""
         return self.min_delay if self.min_delay > 0 else self.timeout
+
+
+@lru_cache(maxsize=64)
+def _settled(min_delay: float, timeout: float | None) -> Timing:
+    return Timing(min_delay, timeout or min_delay or 1.0)
 
 
 @dataclass(slots=True)
