@@ -12,7 +12,7 @@ namespace names off the host), so no packet can leave the machine::
                                           arriving on veth-s and N% leaving it
 
 For each loss rate (10%, 20%, 30%, and 0% as a sanity check): N lookups with the
-resolver's default settings (min_delay 1 s, timeout = min_delay, 4 re-sends), many at once
+resolver's default settings (min_delay 1 s, timeout = min_delay, 7 re-sends), many at once
 to keep the run short; then lookups with ``osmo-mslookup-client -f json -t 1000 -T 1000``
 spawned per lookup, several in parallel, against the same responder. The share found is
 reported with a 95% (Wilson) interval, beside what independent loss predicts and the drop
@@ -43,6 +43,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from dgsm_integrations.mslookup import AsyncResolver, Endpoint, Record, Responder  # noqa: E402
+from dgsm_integrations.mslookup.engine import DEFAULT_RESEND  # noqa: E402
 
 MARK = "DGSM_PERF_NETNS"
 NS_SITE, NS_CLIENT = "dgsmbench-site", "dgsmbench-client"
@@ -334,7 +335,7 @@ def main_bench(quick: bool) -> int:
         run["ours"]["ci95"] = [round(lo_o, 4), round(hi_o, 4)]
         run["osmo"]["share"] = round(c["found"] / c["n"], 4)
         run["osmo"]["ci95"] = [round(lo_c, 4), round(hi_c, 4)]
-        sends = 1 + 4  # the first query and the default 4 re-sends
+        sends = 1 + DEFAULT_RESEND  # the first query and the default re-sends
         rows.append([f"{run['rate']}%", f"{measured:.1%}",
                      f"{o['found']}/{o['n']}", f"{o['found'] / o['n']:.2%}",
                      f"{lo_o:.1%}-{hi_o:.1%}", f"{predicted(run['rate'] / 100, sends):.2%}",

@@ -4,7 +4,7 @@ What a bulk SMS to every subscriber of a community does. Three real ``osmo-hlr``
 (Debian's, D-GSM mslookup on, GSUP/VTY on 127.0.0.2-4) know every subscriber, each with a
 DIFFERENT age: for MSISDN m, HLR k's record is ``10 + 20 * ((m + k) % 3)`` seconds old, so the
 youngest HLR changes from one MSISDN to the next. One ``AsyncResolver`` (defaults: min_delay
-1 s, 4 re-sends, paced) runs all lookups at once; a lookup is right only if it returns the
+1 s, 7 re-sends, paced) runs all lookups at once; a lookup is right only if it returns the
 youngest HLR's service address with that HLR's age. An older site is a call or SMS routed to
 the wrong village.
 
