@@ -273,8 +273,8 @@ class AsyncResolver:
             # that wake-up -- a bulk SMS starts thousands in one pass -- shares the reading,
             # as libuv's loop time: they were all asked at the same moment, and the window of
             # the last must not start only after the others' bookkeeping (docs/mslookup.md,
-            # "Bursts"). A first copy the pacer holds back still gets FLOOR_SHARE of its
-            # window: the engine moves the deadlines.
+            # "Pacing"). A lookup whose first copy the pacer holds back still gets time for
+            # the answers after it: the engine moves its deadlines (Engine._extend).
             now = self._pass_now = loop.time()
             loop.call_soon(self._wake)
         return self.engine.start(query, now, deliver, timing=timing, on_answer=on_answer)
