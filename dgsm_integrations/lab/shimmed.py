@@ -135,16 +135,18 @@ class ShimmedProgram:
     def __exit__(self, *exc: object) -> None:
         self.stop()
 
-    def log_text(self) -> str:
-        """Everything the program logged so far."""
+    def _read_log(self) -> str | None:
         try:
             return self.log_path.read_text(errors="replace")
         except OSError:
-            return ""
+            return None
+
+    def log_text(self) -> str:
+        """Everything the program logged so far."""
+        return self._read_log() or ""
 
     def log_tail(self, lines: int = 30) -> str:
-        try:
-            text = self.log_path.read_text(errors="replace")
-        except OSError:
+        text = self._read_log()
+        if text is None:
             return "(no log)"
         return "\n".join(text.splitlines()[-lines:])
