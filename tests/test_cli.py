@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from dgsm_integrations.lab.distro import Distro
-from dgsm_integrations.mslookup.cli import CSV_HEADERS
+from dgsm_integrations.mslookup.cli import CSV_HEADERS, _printable
 
 from .conftest import LO
 from .peers import require_binary
@@ -93,6 +93,19 @@ def test_invalid_query_is_an_error_not_a_hang() -> None:
     assert r.stderr == ""
     assert cli("--bogus").returncode == 1
     assert cli("-f", "xml", ALICE).returncode == 1
+
+
+@pytest.mark.parametrize(("text", "shown"), [
+    ("sip.voice.12345.msisdn", "sip.voice.12345.msisdn"),
+    ("sip.voice.1\t2.msisdn", "sip.voice.1?2.msisdn"),  # a tab would split a CSV row
+    ("a\x00b\x1bc\u200bd\u00e9", "a?b?c?d\u00e9"),  # controls and a format char; é stays
+    ("x" * 300, "x" * 200),
+    ("\n" * 250, "?" * 200),
+])
+def test_query_text_is_shown_printable_and_bounded(text: str, shown: str) -> None:
+    """What a client or the command line sent is echoed in result rows and logs: never
+    a control character, never more than 200 characters."""
+    assert _printable(text) == shown
 
 
 def test_help_teaches() -> None:

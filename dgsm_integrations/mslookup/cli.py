@@ -106,7 +106,11 @@ def _domain_part(text: str) -> str:
 
 
 def _printable(text: str) -> str:
-    return "".join(c if c.isprintable() and c != "\t" else "?" for c in text)[:200]
+    """``text`` fit for a result row or a log line: at most 200 characters, each
+    unprintable one (a tab among them) shown as ``?``."""
+    text = text[:200]
+    return text if text.isprintable() else "".join(c if c.isprintable() else "?"
+                                                  for c in text)
 
 
 def _trace_printer(query: str) -> Callable[[AnswerTrace], None]:
