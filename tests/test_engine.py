@@ -215,6 +215,25 @@ def _held_back_burst(young_delay: float, before: tuple[float, float] | None = No
     return [(left[q.id], ended[q.id], d.results[q.id][-1]) for q in queries]
 
 
+def test_one_site_is_one_string_in_every_flight_and_the_table_is_bounded() -> None:
+    """Each datagram's source address comes as a new string; flights and selections keep
+    one for every answer (58 bytes each, 3 a lookup in a burst with three sites). The
+    engine keeps one string per site, in a bounded table."""
+    d = Drive(min_delay=1.0)
+    qa, qb = _query(5001), _query(5002)
+    d.start(qa, 0.0)
+    d.start(qb, 0.0)
+    for q in (qa, qb):
+        d.engine.receive(_answer(q, 3), "".join(["10.9.0.", "1"]), 0.01)  # a new str each
+    fa, fb = (d.engine._flights[wire.query_name(q)] for q in (qa, qb))
+    assert fa.seen[0][1] == "10.9.0.1" and fa.seen[0][1] is fb.seen[0][1]
+    for i in range(3000):  # a flood of sources
+        d.engine.receive(_answer(qa, 3), f"10.8.{i // 250}.{i % 250}", 0.02)
+    assert 0 < len(d.engine._hosts) <= engine_module._MAX_SOURCES
+    d.run_until(1.0)
+    assert d.results[qa.id][0].age == 3 and d.results[qb.id][0].age == 3
+
+
 def test_a_loaded_young_site_still_wins_a_burst() -> None:
     """Regression (found by bench/throughput.py once a burst's lookups shared one start):
     the young site answers 0.4 s after each copy, the old one at once. A lookup whose first

@@ -32,7 +32,7 @@ from __future__ import annotations
 import heapq
 import itertools
 import os
-from collections.abc import Callable, Hashable, Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, fields, replace
 from typing import Protocol
 
@@ -42,7 +42,7 @@ from .model import unusable_reason as _unusable_reason
 from .pacing import DEFAULT_BURST, DEFAULT_RATE, GRID, Pacer
 from .query import DEFAULT_SUFFIX, Query, validate_suffix
 from .selection import Selection, Timing
-from .wire import HEADER_LEN, decode_answer, decode_answer_to, encode_query
+from .wire import HEADER_LEN, decode_answer, decode_answer_to, encode_query, query_name
 
 __all__ = ["DEFAULT_RESEND", "AnswerTrace", "Engine", "Lookup", "Reporter", "Settings",
            "Stats"]
@@ -229,14 +229,13 @@ class Lookup:
 
 
 class _Flight:
-    __slots__ = ("first_at", "handed", "key", "lookups", "name", "query", "seen",
-                 "send_error", "sent_ok", "traced", "wire")
+    __slots__ = ("first_at", "handed", "lookups", "name", "query", "seen", "send_error",
+                 "sent_ok", "traced", "wire")
 
-    def __init__(self, query: Query, key: Hashable, wire: bytes) -> None:
+    def __init__(self, query: Query, name: bytes, wire: bytes) -> None:
         self.query = query
-        self.key = key
+        self.name = name  # the question's name, as an answer repeats it: the flight's key
         self.wire = wire
-        self.name = wire[HEADER_LEN:-4]  # the question name, as an answer repeats it
         self.lookups: list[Lookup] = []
         # distinct answers: (hash of the datagram, sender, decoded answer, verdict). The
         # hash, not the datagram: 200 bytes less per answer in flight. Two datagrams from
@@ -276,11 +275,13 @@ class Engine:
         self._report: Reporter = report or _Silent()
         self._packet_id = packet_id
         self._pacer = Pacer(settings.send_rate, settings.burst, now=now)
-        self._flights: dict[Hashable, _Flight] = {}
-        self._by_name: dict[bytes, _Flight] = {}
+        # by the question's name on the wire: one per (service, id, id type), and what an
+        # answer's first record carries
+        self._flights: dict[bytes, _Flight] = {}
         self._deadlines: list[tuple[float, int, Lookup]] = []
         self._seq = itertools.count()
         self._sources: dict[str, bool] = {}
+        self._hosts: dict[str, str] = {}
         self._warned_unusable: set[tuple[str, str]] = set()
         self._trust_mark = (now, 0, 0)
         self._delay = 0.0  # the slowest answer seen lately (from its flight's first copy)...
@@ -299,12 +300,11 @@ class Engine:
         joined (one query on the wire) and its answers so far are given at once."""
         timing = timing or self.settings.timing(query)
         self.stats.lookups += 1
-        key = query.key
-        flight = self._flights.get(key)
+        name = query_name(query, self.settings.suffix)
+        flight = self._flights.get(name)
         if flight is None:
-            wire = encode_query(query, self._packet_id(), self.settings.suffix)
-            flight = self._flights[key] = _Flight(query, key, wire)
-            self._by_name[flight.name] = flight
+            wire = encode_query(query, self._packet_id(), name=name)
+            flight = self._flights[name] = _Flight(query, name, wire)
         else:
             self.stats.coalesced += 1
         lookup = Lookup(Selection(query, timing, now), deliver, on_answer, flight)
@@ -350,10 +350,18 @@ class Engine:
             self._report.debug("untrusted source", "dropped answer from untrusted %s", source)
             return
         name = _name_at(data)
-        flight = None if name is None else self._by_name.get(name)
+        flight = None if name is None else self._flights.get(name)
         if flight is None:
             self._unmatched(data, source, name, now)
             return
+        # one string per site for everything it sent (flights and selections keep it):
+        # 58 bytes less for each answer in flight
+        known = self._hosts.get(source)
+        if known is None:
+            if len(self._hosts) >= _MAX_SOURCES:
+                self._hosts.clear()
+            known = self._hosts[source] = source
+        source = known
         first_of_site = True
         digest = hash(data)
         for seen in flight.seen:
@@ -503,7 +511,7 @@ class Engine:
         if verdict == _MALFORMED or answer is None:
             stats.dropped_malformed += 1
             return
-        flight = self._flights.get(answer.query.key)
+        flight = self._flights.get(query_name(answer.query, self.settings.suffix))
         if flight is None:
             stats.dropped_unmatched += 1
             return
@@ -583,10 +591,9 @@ class Engine:
         lookup.flight = None
         lookup.due_at = None
         flight.lookups.remove(lookup)
-        if not flight.lookups and self._flights.get(flight.key) is flight:
+        if not flight.lookups and self._flights.get(flight.name) is flight:
             self._pacer.cancel(flight)
-            del self._flights[flight.key]
-            del self._by_name[flight.name]
+            del self._flights[flight.name]
 
     def _first_copy_left(self, flight: _Flight, now: float) -> None:
         """A lookup asks the network when its first copy leaves. If the pacer held it back

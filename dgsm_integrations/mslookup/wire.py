@@ -32,6 +32,7 @@ __all__ = [
     "encode_answer",
     "encode_query",
     "is_answer",
+    "query_name",
 ]
 
 QTYPE_ANY = 255
@@ -69,20 +70,30 @@ _QUESTION_TAIL = struct.pack("!HH", QTYPE_ANY, CLASS_IN)
 _QUERY_HEADER = struct.Struct("!6H")
 
 
-def encode_query(query: Query, packet_id: int, suffix: str = DEFAULT_SUFFIX) -> bytes:
-    """A query as OsmoHLR's client sends it: one ANY/IN question, flags 0.
-
-    Written by hand rather than through dnslib: the per-call AGI script sends one query and
-    must not pay dnslib's import (about 9 ms); ``test_wire`` checks it against dnslib's bytes
-    and the OsmoHLR captures. The name is ``query.name(suffix)``, put together from the
-    encoded service and suffix and the id's digits (a :class:`Query` holds 1 to 15).
-    """
+def query_name(query: Query, suffix: str = DEFAULT_SUFFIX) -> bytes:
+    """``query.name(suffix)`` as the DNS name on the wire (uncompressed labels), put
+    together from the once-encoded service and suffix and the id's digits (a :class:`Query`
+    holds 1 to 15). One name per (service, id, id type): what an answer repeats."""
     ident = query.id.encode("ascii")
     name = b"".join((_labels(query.service), bytes((len(ident),)), ident,
                      _labels(query.id_type.value), _labels(suffix), b"\0"))
     if len(name) > 255:
         raise InvalidQuery(f"DNS name too long ({len(name)} > 255 bytes): "
                            f"{query.name(suffix)!r}")
+    return name
+
+
+def encode_query(query: Query, packet_id: int, suffix: str = DEFAULT_SUFFIX,
+                 name: bytes | None = None) -> bytes:
+    """A query as OsmoHLR's client sends it: one ANY/IN question, flags 0 (``name``:
+    :func:`query_name`'s, if the caller has it already).
+
+    Written by hand rather than through dnslib: the per-call AGI script sends one query and
+    must not pay dnslib's import (about 9 ms); ``test_wire`` checks it against dnslib's bytes
+    and the OsmoHLR captures.
+    """
+    if name is None:
+        name = query_name(query, suffix)
     return _QUERY_HEADER.pack(packet_id & 0xFFFF, 0, 1, 0, 0, 0) + name + _QUESTION_TAIL
 
 
