@@ -419,11 +419,9 @@ class Engine:
         pacer = self._pacer
         deferred, skipped = pacer.deferred, pacer.skipped
         out: list[tuple[_Flight, bytes]] = []
-        for key, wire in pacer.due(now):
+        for key, wire in pacer.due(now, self._first_copy_left):
             flight = key
             assert isinstance(flight, _Flight)
-            if flight.handed == 0:
-                self._first_copy_left(flight, now)
             flight.handed += 1
             flight.sent_ok += 1
             out.append((flight, wire))
@@ -595,11 +593,16 @@ class Engine:
             self._pacer.cancel(flight)
             del self._flights[flight.name]
 
-    def _first_copy_left(self, flight: _Flight, now: float) -> None:
+    def _first_copy_left(self, key: object, now: float) -> None:
         """A lookup asks the network when its first copy leaves. If the pacer held it back
         (a burst of lookups) so long that too little of its window is left, its deadlines
-        move out (:meth:`_extend`). A short hold costs nothing: answers need milliseconds,
-        not the window."""
+        move out (:meth:`_extend`), and its re-sends' cut-off with them. A short hold costs
+        nothing: answers need milliseconds, not the window. (The pacer calls this as it
+        hands the copy out, before it judges the flight's re-sends.)"""
+        flight = key
+        assert isinstance(flight, _Flight)
+        if flight.first_at is not None:
+            return
         flight.first_at = now
         for lookup in flight.lookups:
             self._extend(lookup, flight, now)
@@ -624,6 +627,9 @@ class Engine:
             self.stats.waits_extended += 1
         lookup.shift = shift
         self._arm(lookup)
+        # and the re-sends may leave until the new end (less the time for their answers):
+        # a site that missed the one late copy must still hear one
+        self._pacer.extend(flight, selection.start + window + shift, window)
         return True
 
     def _answer_delay(self, now: float) -> float:

@@ -30,6 +30,8 @@ What it does, and why:
 - **Re-sends that come too late are skipped.** A re-send that could not leave before its
   lookup's last useful moment (``window - margin``: an answer to it could not arrive in
   time) is dropped and counted in :attr:`Pacer.skipped`; a first copy is never dropped.
+  When a lookup's end moves out (its first copy left late, :meth:`Pacer.extend`), so does
+  that moment: its re-sends leave in the time it now has.
 
 Imports no socket, asyncio, select, threading or time.
 """
@@ -39,7 +41,7 @@ from __future__ import annotations
 import heapq
 import itertools
 import math
-from collections.abc import Hashable
+from collections.abc import Callable, Hashable
 from dataclasses import dataclass
 
 __all__ = ["DEFAULT_BURST", "DEFAULT_RATE", "GRID", "MIN_GAP", "Pacer"]
@@ -188,14 +190,25 @@ class Pacer:
         heapq.heappush(self._timed, (t, next(self._seq), plan.numbered, t, plan))
         plan.numbered += 1
 
+    def extend(self, key: Hashable, end: float, window: float) -> None:
+        """The flight's lookup now ends at ``end`` (its deadlines moved: its first copy
+        left late): its last useful moment moves with it, so that the re-sends still to go
+        leave in the time now left instead of being skipped."""
+        plan = self._plans.get(key)
+        if plan is not None:
+            plan.latest = max(plan.latest, end - min(window * _MARGIN_SHARE, _MARGIN_MAX))
+
     def cancel(self, key: Hashable) -> None:
         """The flight ended: forget its copies still to send."""
         plan = self._plans.pop(key, None)
         if plan is not None:
             plan.live = False
 
-    def due(self, now: float) -> list[tuple[Hashable, bytes]]:
-        """The ``(key, datagram)`` pairs to send at ``now``, in order."""
+    def due(self, now: float, on_first: Callable[[Hashable, float], None] | None = None
+            ) -> list[tuple[Hashable, bytes]]:
+        """The ``(key, datagram)`` pairs to send at ``now``, in order. ``on_first(key,
+        now)`` is called as a flight's first copy is handed out, before its re-sends are
+        looked at: its caller may move the flight's end (:meth:`extend`) in time."""
         self._refill(now)
         timed, ready = self._timed, self._ready
         out: list[tuple[Hashable, bytes]] = []
@@ -231,6 +244,8 @@ class Pacer:
                 plan.sent += 1
                 self.sent += 1
                 out.append((plan.key, plan.wire))
+                if plan.sent == 1 and on_first is not None:
+                    on_first(plan.key, now)
                 self._queue_next(plan)
             if not (timed and timed[0][0] <= now):
                 return out
