@@ -6,8 +6,9 @@ the triage of every datagram that arrives (junk, queries, untrusted, unusable, u
 duplicates) with its counters, libosmo-mslookup's selection (:mod:`.selection`), the rule
 that a lookup none of whose queries could be sent is an error and not "not found", the
 grace period after copies that did not leave on time, and the watch on ``trusted``.
-A driver (asyncio in :mod:`.aio`, threads in :mod:`.blocking`, ``select()`` in
-:mod:`.sync`) is glue; it does exactly this, in this order, whenever it wakes::
+A driver (asyncio in :mod:`.aio`; threads and ``select()`` in :mod:`.blocking`, which the
+per-call AGI script runs too) is glue; it does exactly this, in this order, whenever it
+wakes::
 
     now = clock()
     for data, source in what the socket holds:   # everything that arrived by now
