@@ -20,7 +20,9 @@ before, so no answer of one lookup can be taken for another's.
 A lookup is **right** only if the youngest HLR's service address and age won; an older site
 is a failure (a call or SMS to the wrong village), and so is "not found". Lookups start at a
 steady ``--rate`` per second (default 100, below the resolver's send_rate at every copy
-count tried: the figures are about loss, not about bursts; bench/osmohlr_burst.py does bursts).
+count tried: the figures are about loss, not about bursts); ``--burst`` starts them all at once,
+a bulk SMS over the lossy link, where the resolver's bucket and not the schedule paces the
+copies (bench/osmohlr_burst.py does bursts without loss).
 
 Per configuration (``--configs``: ``default`` = the resolver's defaults, ``R`` = resend=R,
 ``R/S`` = resend=R and resend_interval=S seconds) and loss rate (20%: 1,000 lookups, 30%: 500;
@@ -532,6 +534,10 @@ def client_run(first: int, n: int, rate: float, config: Config,
     return result
 
 
+def pace(args: argparse.Namespace) -> str:
+    return "all at once (--burst)" if args.burst else f"at {args.rate:g}/s"
+
+
 def judge(row: dict[str, Any], quick: bool) -> dict[str, bool]:
     n_target, max_fail, share = TARGETS[row["rate"]]
     if row["n"] == n_target and not quick:
@@ -568,8 +574,8 @@ def main_bench(args: argparse.Namespace) -> int:
         info = json.loads(line)
         provisioned = {int(k): v for k, v in info["provisioned"].items()}
         print(f"{SITES} x {info['version']}, {total} subscribers each (ages 10/30/50 s, "
-              f"youngest varies), provisioned in {info['provision_s']} s; lookups at "
-              f"{args.rate:g}/s; load {load0[0]:.2f}", flush=True)
+              f"youngest varies), provisioned in {info['provision_s']} s; lookups "
+              f"{pace(args)}; load {load0[0]:.2f}", flush=True)
         first = FIRST_MSISDN
         for run, config, rate in plan:
             n = sizes[rate]
@@ -635,8 +641,8 @@ def main_bench(args: argparse.Namespace) -> int:
         remove_topology()
 
     print()
-    print(f"youngest of three real OsmoHLRs over a lossy veth link (N% each way), lookups at "
-          f"{args.rate:g}/s, min_delay 1 s ({os.cpu_count()} cores, load "
+    print(f"youngest of three real OsmoHLRs over a lossy veth link (N% each way), lookups "
+          f"{pace(args)}, min_delay 1 s ({os.cpu_count()} cores, load "
           f"{load0[0]:.2f} -> {os.getloadavg()[0]:.2f})")
     print(table(
         ["run", "config", "loss", "nft", "youngest", "older", "none", "share", "95% CI",
@@ -689,7 +695,7 @@ def main_bench(args: argparse.Namespace) -> int:
     print(json.dumps({
         "bench": "loss_osmohlr", "quick": args.quick, "cpus": os.cpu_count(),
         "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "osmohlr": info.get("version"),
-        "rate": args.rate, "loadavg": [load0[0], os.getloadavg()[0]],
+        "rate": args.rate, "burst": args.burst, "loadavg": [load0[0], os.getloadavg()[0]],
         "targets": {str(k): {"lookups": v[0], "max_failures": v[1], "share": v[2]}
                     for k, v in TARGETS.items()} | {"max_datagrams": MAX_DATAGRAMS},
         "rows": rows, "pass": all_ok}))
@@ -707,6 +713,9 @@ def main() -> None:
     parser.add_argument("--lookups", type=lambda s: dict.fromkeys(TARGETS, int(s)),
                         default=None, help="lookups per loss rate (default 1000 / 500)")
     parser.add_argument("--rate", type=float, default=100.0, help="lookups started per second")
+    parser.add_argument("--burst", action="store_true",
+                        help="start all lookups of a loss rate at once (a bulk SMS over the "
+                        "lossy link), instead of at --rate")
     parser.add_argument("--runs", type=int, default=1)
     parser.add_argument("--fade-ms", type=float, default=None, metavar="MS",
                         help="loss in fades instead of per datagram: the link is down N%% of "
@@ -728,6 +737,8 @@ def main() -> None:
         return
     if not 1 <= args.rate <= 1000 or args.runs < 1:
         sys.exit("bench: --rate must be 1..1000 lookups/s, --runs at least 1")
+    if args.burst:
+        args.rate = 1e6  # every lookup within a few ms: the bucket, not the schedule, paces
     for tool, package in (("ip", "iproute2"), ("nft", "nftables"), ("osmo-hlr", "osmo-hlr"),
                           ("unshare", "util-linux"), ("nsenter", "util-linux")):
         if shutil.which(tool) is None:

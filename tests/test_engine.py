@@ -271,6 +271,82 @@ def test_one_site_is_one_string_in_every_flight_and_the_table_is_bounded() -> No
     assert d.results[qa.id][0].age == 3 and d.results[qb.id][0].age == 3
 
 
+def _burst_behind_a_bucket(young_misses: int, young_delay: float = 0.004
+                           ) -> tuple[Drive, list[tuple[float, float, Result]]]:
+    """20 lookups at once through a bucket of 40 datagrams/s: their first copies take half
+    a second to leave, and only the first lookups' second copies fit in their windows. An
+    OLD site (age 30) answers every copy at once; a YOUNG one (age 5) loses the first
+    ``young_misses`` copies of every lookup (a lossy link, or a full socket), then answers
+    each ``young_delay`` s after it. Answers echo each copy's id, as OsmoHLR does. The clock
+    moves in 1 ms steps. Returns the driver and (first copy left, result delivered, final
+    result) of each lookup."""
+    d = Drive(min_delay=1.0, send_rate=40, burst=1)
+    queries = [_query(6000 + i) for i in range(20)]
+    for q in queries:
+        d.engine.start(q, 0.0, d.results.setdefault(q.id, []).append)
+    left: dict[str, float] = {}
+    ended: dict[str, float] = {}
+    copies: dict[str, int] = {}
+    arrivals: list[tuple[float, bytes, str]] = []
+    now = 0.0
+    while len(d.engine) and now < 10.0:
+        for _at, data, source in [a for a in arrivals if a[0] <= now + 1e-9]:
+            d.engine.receive(data, source, now)
+        arrivals = [a for a in arrivals if a[0] > now + 1e-9]
+        for _flight, data in d.engine.due(now):
+            packet_id, q = decode_query(data)
+            left.setdefault(q.id, now)
+            copies[q.id] = copies.get(q.id, 0) + 1
+            arrivals.append((now + 0.002, encode_answer(q, packet_id, 30,
+                                                        Endpoint("10.9.0.6", 5060)), "10.9.0.2"))
+            if copies[q.id] > young_misses:
+                arrivals.append((now + young_delay, encode_answer(q, packet_id, 5,
+                                                            Endpoint("10.9.0.5", 5060)),
+                                 "10.9.0.1"))
+        d.engine.advance(now)
+        for q in queries:
+            if d.results[q.id] and q.id not in ended:
+                ended[q.id] = now
+        now = round(now + 0.001, 3)
+    return d, [(left[q.id], ended[q.id], d.results[q.id][-1]) for q in queries]
+
+
+def test_where_copies_get_lost_a_burst_waits_for_its_held_back_re_sends() -> None:
+    """Regression (bench/loss_osmohlr.py with 2,000 lookups at once over a 20%-loss link: the
+    bucket let about 2.5 copies of each leave within its window, and 144-150 of 2,000 went
+    to an older village). Each copy has its own id and the sites echo it, so the engine sees
+    that a site answered a later copy of a query and not an earlier one: datagrams get lost.
+    Then a lookup whose re-sends the bucket still holds waits for them (at most
+    WAIT_WINDOWS windows after its first copy) instead of losing them. Here the young site
+    loses every first copy: without the wait it won only the lookups whose second copy fit
+    in their window; with it, every one."""
+    d, runs = _burst_behind_a_bucket(young_misses=1)
+    assert [r.age for _, _, r in runs] == [5] * 20, runs
+    assert all(end <= left + engine_module.WAIT_WINDOWS * 1.0 + 0.002 for left, end, _ in runs)
+    assert d.engine.stats.waits_for_copies > 0
+
+
+def test_a_slow_site_is_not_taken_for_a_lossy_one() -> None:
+    """A loaded young site answers every copy, 0.3 s late (its socket has a queue): its
+    answers come in the order the copies left, none missing before the last one heard, so
+    the engine sees no loss and no lookup waits for held-back re-sends."""
+    d, runs = _burst_behind_a_bucket(young_misses=0, young_delay=0.3)
+    assert [r.age for _, _, r in runs] == [5] * 20, runs
+    assert d.engine.stats.waits_for_copies == 0 and d.engine.stats.resends_skipped > 0
+    assert d.engine._loss_seen(10.0)[0] == 0
+
+
+def test_where_nothing_gets_lost_a_burst_costs_re_sends_not_time() -> None:
+    """The same burst with the young site hearing every copy: the answers are in after each
+    first copy, so the held-back re-sends are skipped and no lookup waits for them; each
+    ends at its deadline (FLOOR_SHARE of its window after a late first copy)."""
+    d, runs = _burst_behind_a_bucket(young_misses=0)
+    assert [r.age for _, _, r in runs] == [5] * 20, runs
+    assert d.engine.stats.waits_for_copies == 0 and d.engine.stats.resends_skipped > 0
+    assert all(end <= max(1.0, left + engine_module.FLOOR_SHARE) + 0.002
+               for left, end, _ in runs), runs
+
+
 def test_a_loaded_young_site_still_wins_a_burst() -> None:
     """Regression (found by bench/throughput.py once a burst's lookups shared one start):
     the young site answers 0.4 s after each copy, the old one at once. A lookup whose first
@@ -372,7 +448,11 @@ def test_coalesced_lookups_share_one_query_and_a_late_one_gets_the_answers_so_fa
     assert first[0].age == 9 and late[0].age == 9
     assert late[0].elapsed == pytest.approx(0.2)
     assert d.engine.stats.coalesced == 1
-    assert len({data for _, data in d.sent}) == 1  # one query id on the wire
+    # one question on the wire: every copy the same but for its id, which counts up from
+    # the flight's random one (the answers echo it: they say which copies were lost)
+    assert len(d.sent) >= 2 and len({data[2:] for _, data in d.sent}) == 1
+    ids = [int.from_bytes(data[:2], "big") for _, data in d.sent]
+    assert ids == [(ids[0] + k) & 0xFFFF for k in range(len(ids))]
 
 
 # -- the blocking driver ------------------------------------------------------------------

@@ -33,6 +33,7 @@ from __future__ import annotations
 import heapq
 import itertools
 import os
+import struct
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, fields, replace
 from typing import Protocol
@@ -69,9 +70,20 @@ FLOOR_SHARE = 0.25
 ANSWER_HEADROOM = 2.0
 #: How fast the answer delay seen lately is forgotten: its half-life, in seconds.
 DELAY_HALF_LIFE = 2.0
+#: When at least this share of the answers owed by sites that answered went missing lately
+#: (the link or a site's socket loses datagrams), a lookup whose re-sends the bucket held
+#: back waits for them instead of losing them...
+LOSS_TO_WAIT = 0.05
+#: ... for at most this many windows after its first copy left...
+WAIT_WINDOWS = 3.0
+#: ... looking again this often (seconds) while its copies are still to leave.
+COPY_RECHECK = 0.05
+#: How fast the loss seen lately is forgotten: its half-life, in seconds.
+LOSS_HALF_LIFE = 10.0
 
 # verdicts remembered per distinct answer
 _OK, _MALFORMED, _UNTRUSTED, _UNUSABLE = range(4)
+_ID = struct.Struct("!H")
 
 
 class Reporter(Protocol):
@@ -113,6 +125,9 @@ class Stats:
     #: lookups whose deadlines moved out: their first copy left late (a burst), so they
     #: waited FLOOR_SHARE of a window, or twice the answer delay seen lately, after it
     waits_extended: int = 0
+    #: lookups that waited for re-sends the bucket held back, on a network that loses
+    #: datagrams (docs/mslookup.md, "Pacing")
+    waits_for_copies: int = 0
     packets_received: int = 0
     queries_seen: int = 0
     answers_accepted: int = 0
@@ -212,7 +227,8 @@ class Settings:
 class Lookup:
     """One caller's lookup: its own selection and timing, on a (maybe shared) flight."""
 
-    __slots__ = ("deliver", "due_at", "flight", "hold", "on_answer", "selection", "shift")
+    __slots__ = ("deliver", "due_at", "flight", "hold", "on_answer", "selection", "shift",
+                 "waited")
 
     def __init__(self, selection: Selection, deliver: Callable[[Result], None],
                  on_answer: Callable[[AnswerTrace], None] | None, flight: _Flight) -> None:
@@ -223,6 +239,7 @@ class Lookup:
         self.due_at: float | None = None  # the deadline the engine's heap holds for it
         self.hold: float | None = None  # the end of a grace period
         self.shift = 0.0  # how far its deadlines moved because its first copy left late
+        self.waited = False  # ... or because it waited for held-back re-sends
 
     @property
     def done(self) -> bool:
@@ -231,24 +248,27 @@ class Lookup:
 
 class _Flight:
     __slots__ = ("first_at", "handed", "lookups", "name", "query", "seen", "send_error",
-                 "sent_ok", "traced", "wire")
+                 "sent_ok", "traced", "waited", "wire")
 
     def __init__(self, query: Query, name: bytes, wire: bytes) -> None:
         self.query = query
         self.name = name  # the question's name, as an answer repeats it: the flight's key
+        # copy 0; copy k carries its random id plus k (OsmoHLR echoes it)
         self.wire = wire
         self.lookups: list[Lookup] = []
-        # distinct answers: (hash of the datagram, sender, decoded answer, verdict). The
-        # hash, not the datagram: 200 bytes less per answer in flight. Two datagrams from
-        # one sender to one flight whose 64-bit hashes (keyed, per process) agree are
-        # taken as copies: by chance 1 in 2**64; on purpose only by whoever can send from
-        # that site's address, who could as well send any answer.
-        self.seen: list[tuple[int, str, Answer | None, int]] = []
+        # distinct answers: (hash of the datagram after its id, sender, decoded answer,
+        # verdict, the copies it answered as a bit mask). The hash, not the datagram: 200
+        # bytes less per answer in flight. Two datagrams from one sender to one flight whose
+        # 64-bit hashes (keyed, per process) agree are taken as copies: by chance 1 in
+        # 2**64; on purpose only by whoever can send from that site's address, who could as
+        # well send any answer.
+        self.seen: list[tuple[int, str, Answer | None, int, int]] = []
         self.handed = 0  # copies handed to the driver
         self.first_at: float | None = None  # when the first copy was handed out
         self.sent_ok = 0  # ... and not reported failed
         self.send_error: str | None = None
         self.traced = False  # a lookup of it wants every answer (on_answer)
+        self.waited = False  # its lookups wait for held-back re-sends
 
 
 def _random_id() -> int:
@@ -287,6 +307,9 @@ class Engine:
         self._trust_mark = (now, 0, 0)
         self._delay = 0.0  # the slowest answer seen lately (from its flight's first copy)...
         self._delay_at = now  # ... as of then
+        self._lost = 0.0  # answers owed and missing, lately (decayed)...
+        self._owed = 0.0  # ... of answers owed by sites that answered
+        self._loss_at = now  # ... as of then
 
     def __len__(self) -> int:
         """Flights in progress."""
@@ -311,7 +334,7 @@ class Engine:
         lookup = Lookup(Selection(query, timing, now), deliver, on_answer, flight)
         flight.lookups.append(lookup)
         flight.traced = flight.traced or on_answer is not None
-        for _data, source, answer, verdict in flight.seen:
+        for _data, source, answer, verdict, _heard in flight.seen:
             if verdict == _OK and answer is not None and not lookup.done:
                 self._feed(lookup, answer, source, now)
         if not lookup.done:
@@ -364,11 +387,20 @@ class Engine:
             known = self._hosts[source] = source
         source = known
         first_of_site = True
-        digest = hash(data)
-        for seen in flight.seen:
+        # which copy it answers (its id); the rest of it is the answer, the same for all
+        wire = flight.wire
+        copy = ((data[0] << 8 | data[1]) - (wire[0] << 8 | wire[1])) & 0xFFFF
+        bit = 1 << copy if copy < flight.handed else 0
+        digest = hash(data[2:])
+        seen_list = flight.seen
+        site_at = -1  # the site's first entry: it keeps the copies the site answered
+        for i in range(len(seen_list)):
+            seen = seen_list[i]
             if seen[1] != source:
                 continue
-            first_of_site = False
+            if site_at < 0:
+                site_at = i
+                first_of_site = False
             if seen[0] == digest:
                 # a copy of an answer already judged (and, if accepted, already given to
                 # every lookup of the flight: only a trace has anything to learn from it)
@@ -376,18 +408,24 @@ class Engine:
                 answer, verdict = seen[2], seen[3]
                 if verdict == _OK and answer is not None:
                     stats.answers_accepted += 1
+                    if bit:
+                        self._heard(seen_list, site_at, bit, now)
                     if flight.traced:
                         self._fan_out(flight, answer, source, now)
                 else:
                     self._count_drop(verdict)
                 return
         answer, verdict = self._judge(data, source, flight)
-        if len(flight.seen) < _MAX_SEEN:
-            flight.seen.append((digest, source, answer, verdict))
+        if len(seen_list) < _MAX_SEEN:
+            seen_list.append((digest, source, answer, verdict, 0))
+            if site_at < 0:
+                site_at = len(seen_list) - 1
         if verdict != _OK or answer is None:
             self._count_drop(verdict)
             return
         stats.answers_accepted += 1
+        if bit and site_at >= 0:
+            self._heard(seen_list, site_at, bit, now)
         if first_of_site and flight.first_at is not None:
             self._note_delay(now - flight.first_at, now)
         self._fan_out(flight, answer, source, now)
@@ -420,10 +458,13 @@ class Engine:
         pacer = self._pacer
         deferred, skipped = pacer.deferred, pacer.skipped
         out: list[tuple[_Flight, bytes]] = []
-        for key, wire in pacer.due(now, self._first_copy_left):
+        for key, wire in pacer.due(now, self._first_copy_left, self._late_copy):
             flight = key
             assert isinstance(flight, _Flight)
-            flight.handed += 1
+            copy = flight.handed
+            if copy:  # each copy its own id: the answers then tell which copies were lost
+                wire = _ID.pack(((wire[0] << 8 | wire[1]) + copy) & 0xFFFF) + wire[2:]
+            flight.handed = copy + 1
             flight.sent_ok += 1
             out.append((flight, wire))
         self.stats.queries_sent += len(out)
@@ -452,6 +493,8 @@ class Engine:
                 continue  # not asked yet (the pacer holds it): armed when its copy leaves
             if flight is not None and self._extend(lookup, flight, now):
                 continue  # sites answer slowly now: it waits for them
+            if flight is not None and self._wait_for_copies(lookup, flight, now):
+                continue  # datagrams get lost, and its re-sends are still to leave
             when = max(now, at)
             if self._grace(lookup, when):
                 continue
@@ -645,6 +688,91 @@ class Engine:
     def _note_delay(self, delay: float, now: float) -> None:
         self._delay = max(self._answer_delay(now), delay)
         self._delay_at = now
+
+    def _loss_seen(self, now: float) -> tuple[float, float]:
+        """(answers missing, answers owed) lately, forgotten with a half-life of
+        LOSS_HALF_LIFE."""
+        lost, owed = self._lost, self._owed
+        if owed and now > self._loss_at:
+            decay = 0.5 ** ((now - self._loss_at) / LOSS_HALF_LIFE)
+            lost, owed = lost * decay, owed * decay
+        return lost, owed
+
+    def _heard(self, seen: list[tuple[int, str, Answer | None, int, int]], i: int, bit: int,
+               now: float) -> None:
+        """A site answered the copy ``bit`` (one bit per copy, by its id): the site's first
+        entry in ``seen`` at ``i`` keeps the copies it answered, and the estimate of loss
+        learns what changed. Each copy has its own id, which OsmoHLR echoes, and a site
+        answers the copies that reach it in the order they left: a copy it did not answer
+        while it answered a later one was lost, on the way there or back, or at a full
+        socket; a slow site is not taken for a lossy one. Copies after a site's last
+        answer are not judged (their answers may be on the way), nor sites that answered
+        none (they may not know the subscriber): an estimate from below."""
+        entry = seen[i]
+        before = entry[4]
+        after = before | bit
+        if after == before:
+            return
+        seen[i] = (entry[0], entry[1], entry[2], entry[3], after)
+        span0, span1 = before.bit_length(), after.bit_length()
+        if now - self._loss_at > 0.1:  # forget, with a half-life of LOSS_HALF_LIFE
+            self._lost, self._owed = self._loss_seen(now)
+            self._loss_at = now
+        self._owed += span1 - span0
+        self._lost = max(0.0, self._lost + (span1 - after.bit_count())
+                         - (span0 - before.bit_count()))
+
+    def _lossy(self, now: float) -> bool:
+        """Whether at least LOSS_TO_WAIT of the answers owed lately went missing."""
+        lost, owed = self._loss_seen(now)
+        return owed > 0 and lost >= LOSS_TO_WAIT * owed
+
+    def _late_copy(self, key: object, now: float) -> bool:
+        """The pacer is about to skip one of the flight's re-sends as too late for an answer
+        (the bucket held it back: a burst). Where datagrams get lost, the lookup needs it:
+        the flight's end moves out (at most WAIT_WINDOWS windows after its first copy) and
+        the copy stays; :meth:`_wait_for_copies` keeps the lookup waiting for it. On a
+        network that loses nothing, the copy is skipped: the answers are in already."""
+        flight = key
+        assert isinstance(flight, _Flight)
+        if flight.first_at is None or not flight.lookups or not self._lossy(now):
+            return False
+        window = max(lookup.selection.timing.window for lookup in flight.lookups)
+        self._pacer.extend(flight, flight.first_at + WAIT_WINDOWS * window, window)
+        flight.waited = True
+        return True
+
+    def _wait_for_copies(self, lookup: Lookup, flight: _Flight, now: float) -> bool:
+        """At a deadline of a lookup whose re-sends the bucket held back on a lossy network
+        (:meth:`_late_copy`): while copies are still to leave, look again every
+        COPY_RECHECK; once the last has left, wait ANSWER_HEADROOM times the answer delay
+        (at least 50 ms) for its answers. Never beyond WAIT_WINDOWS windows after the first
+        copy. True if the deadline moved."""
+        first = flight.first_at
+        if first is None:
+            return False
+        selection = lookup.selection
+        window = selection.timing.window
+        cap = first + WAIT_WINDOWS * window
+        if self._pacer.pending(flight):
+            if not (flight.waited or self._lossy(now)):
+                return False  # nothing gets lost: the answers are in already
+            self._pacer.extend(flight, cap, window)
+            flight.waited = True
+            target = now + COPY_RECHECK
+        elif flight.waited and (last := self._pacer.last_sent(flight)) is not None:
+            target = last + max(0.05, ANSWER_HEADROOM * self._answer_delay(now))
+        else:
+            return False
+        shift = min(cap, target) - (selection.start + window)
+        if shift <= lookup.shift + GRID / 2:
+            return False
+        if not lookup.waited:
+            lookup.waited = True
+            self.stats.waits_for_copies += 1
+        lookup.shift = shift
+        self._arm(lookup)
+        return True
 
     def _grace(self, lookup: Lookup, now: float) -> bool:
         """At the end of a lookup that found nothing, make up for copies that did not leave

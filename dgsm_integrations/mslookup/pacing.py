@@ -30,8 +30,9 @@ What it does, and why:
 - **Re-sends that come too late are skipped.** A re-send that could not leave before its
   lookup's last useful moment (``window - margin``: an answer to it could not arrive in
   time) is dropped and counted in :attr:`Pacer.skipped`; a first copy is never dropped.
-  When a lookup's end moves out (its first copy left late, :meth:`Pacer.extend`), so does
-  that moment: its re-sends leave in the time it now has.
+  When a lookup's end moves out (its first copy left late, or it waits for its re-sends
+  where datagrams get lost: the driver's ``on_late`` is asked before a re-send is skipped,
+  :meth:`Pacer.extend`), so does that moment: its re-sends leave in the time it now has.
 
 Imports no socket, asyncio, select, threading or time.
 """
@@ -204,11 +205,13 @@ class Pacer:
         if plan is not None:
             plan.live = False
 
-    def due(self, now: float, on_first: Callable[[Hashable, float], None] | None = None
+    def due(self, now: float, on_first: Callable[[Hashable, float], None] | None = None,
+            on_late: Callable[[Hashable, float], bool] | None = None
             ) -> list[tuple[Hashable, bytes]]:
         """The ``(key, datagram)`` pairs to send at ``now``, in order. ``on_first(key,
         now)`` is called as a flight's first copy is handed out, before its re-sends are
-        looked at: its caller may move the flight's end (:meth:`extend`) in time."""
+        looked at; ``on_late(key, now)`` before one of its re-sends is skipped as too late.
+        Either may move the flight's end (:meth:`extend`); a re-send that then fits is kept."""
         self._refill(now)
         timed, ready = self._timed, self._ready
         out: list[tuple[Hashable, bytes]] = []
@@ -223,13 +226,15 @@ class Pacer:
                 number, t, seq, plan = heapq.heappop(ready)
                 if not plan.live:
                     continue
-                if number > 0 and now > plan.latest:
+                if number > 0 and now > plan.latest and not self._kept(plan, now, now,
+                                                                       on_late):
                     self._skip(plan, rest=True)
                     continue
                 gap = self._gap(plan, now)
                 if plan.last is not None and now - plan.last < gap - _EPSILON:
                     later = plan.last + gap
-                    if number > 0 and later > plan.latest:
+                    if number > 0 and later > plan.latest and not self._kept(plan, later, now,
+                                                                             on_late):
                         self._skip(plan, rest=True)
                     else:
                         heapq.heappush(timed, (later, seq, number, t, plan))
@@ -263,6 +268,23 @@ class Pacer:
             at = self._refilled + max(0.0, want - self._tokens) / self.rate
             wake = at if wake is None else min(wake, at)
         return wake
+
+    @staticmethod
+    def _kept(plan: _Plan, when: float, now: float,
+              on_late: Callable[[Hashable, float], bool] | None) -> bool:
+        """Whether a re-send past the flight's last useful moment, due ``when``, may still
+        leave: its caller moved the flight's end far enough."""
+        return on_late is not None and on_late(plan.key, now) and when <= plan.latest
+
+    def last_sent(self, key: Hashable) -> float | None:
+        """When the last copy of flight ``key`` was handed out (None: none yet)."""
+        plan = self._plans.get(key)
+        return None if plan is None else plan.last
+
+    def pending(self, key: Hashable) -> int:
+        """Copies of flight ``key`` planned and neither sent nor skipped yet."""
+        plan = self._plans.get(key)
+        return 0 if plan is None else plan.pending
 
     def _gap(self, plan: _Plan, now: float) -> float:
         """Least time between two copies of ``plan`` now: half an interval, but narrower
