@@ -271,7 +271,8 @@ def test_one_site_is_one_string_in_every_flight_and_the_table_is_bounded() -> No
     assert d.results[qa.id][0].age == 3 and d.results[qb.id][0].age == 3
 
 
-def _burst_behind_a_bucket(young_misses: int, young_delay: float = 0.004
+def _burst_behind_a_bucket(young_misses: int, young_delay: float = 0.004,
+                           send_rate: int = 40, last: dict[str, float] | None = None
                            ) -> tuple[Drive, list[tuple[float, float, Result]]]:
     """20 lookups at once through a bucket of 40 datagrams/s: their first copies take half
     a second to leave, and only the first lookups' second copies fit in their windows. An
@@ -279,8 +280,8 @@ def _burst_behind_a_bucket(young_misses: int, young_delay: float = 0.004
     ``young_misses`` copies of every lookup (a lossy link, or a full socket), then answers
     each ``young_delay`` s after it. Answers echo each copy's id, as OsmoHLR does. The clock
     moves in 1 ms steps. Returns the driver and (first copy left, result delivered, final
-    result) of each lookup."""
-    d = Drive(min_delay=1.0, send_rate=40, burst=1)
+    result) of each lookup; ``last`` gets when each lookup's last copy left (by id)."""
+    d = Drive(min_delay=1.0, send_rate=send_rate, burst=1)
     queries = [_query(6000 + i) for i in range(20)]
     for q in queries:
         d.engine.start(q, 0.0, d.results.setdefault(q.id, []).append)
@@ -296,6 +297,8 @@ def _burst_behind_a_bucket(young_misses: int, young_delay: float = 0.004
         for _flight, data in d.engine.due(now):
             packet_id, q = decode_query(data)
             left.setdefault(q.id, now)
+            if last is not None:
+                last[q.id] = now
             copies[q.id] = copies.get(q.id, 0) + 1
             arrivals.append((now + 0.002, encode_answer(q, packet_id, 30,
                                                         Endpoint("10.9.0.6", 5060)), "10.9.0.2"))
@@ -324,6 +327,21 @@ def test_where_copies_get_lost_a_burst_waits_for_its_held_back_re_sends() -> Non
     assert [r.age for _, _, r in runs] == [5] * 20, runs
     assert all(end <= left + engine_module.WAIT_WINDOWS * 1.0 + 0.002 for left, end, _ in runs)
     assert d.engine.stats.waits_for_copies > 0
+
+
+def test_a_lookup_that_waited_ends_once_its_last_copy_had_its_answers() -> None:
+    """With a bucket that lets every copy of the burst leave within 1.6 s, a lookup that
+    waits for its copies ends twice the round trip seen (its answers take 2-4 ms here; at
+    least 50 ms) after its last copy left, not at the cap of three windows."""
+    last: dict[str, float] = {}
+    d, runs = _burst_behind_a_bucket(young_misses=1, send_rate=100, last=last)
+    assert [r.age for _, _, r in runs] == [5] * 20, runs
+    assert d.engine.stats.waits_for_copies > 0
+    ends = {r.query.id: end for _, end, r in runs}
+    for q_id, end in ends.items():
+        assert last[q_id] < end <= max(1.0, last[q_id] + engine_module.ANSWER_MIN_WAIT
+                                       + 0.002), (q_id, last[q_id], end)
+    assert max(ends.values()) < 2.0 < engine_module.WAIT_WINDOWS
 
 
 def test_a_slow_site_is_not_taken_for_a_lossy_one() -> None:

@@ -76,8 +76,10 @@ DELAY_HALF_LIFE = 2.0
 LOSS_TO_WAIT = 0.05
 #: ... for at most this many windows after its first copy left...
 WAIT_WINDOWS = 3.0
-#: ... looking again this often (seconds) while its copies are still to leave.
-COPY_RECHECK = 0.05
+#: ... and, once its last copy has left, this many times the round trip seen lately (at
+#: least ANSWER_MIN_WAIT) for that copy's answers.
+ROUND_TRIP_HEADROOM = 2.0
+ANSWER_MIN_WAIT = 0.05
 #: How fast the loss seen lately is forgotten: its half-life, in seconds.
 LOSS_HALF_LIFE = 10.0
 
@@ -307,6 +309,8 @@ class Engine:
         self._trust_mark = (now, 0, 0)
         self._delay = 0.0  # the slowest answer seen lately (from its flight's first copy)...
         self._delay_at = now  # ... as of then
+        self._rtt = 0.0  # the slowest round trip of a flight's latest copy seen lately...
+        self._rtt_at = now  # ... as of then
         self._lost = 0.0  # answers owed and missing, lately (decayed)...
         self._owed = 0.0  # ... of answers owed by sites that answered
         self._loss_at = now  # ... as of then
@@ -409,7 +413,7 @@ class Engine:
                 if verdict == _OK and answer is not None:
                     stats.answers_accepted += 1
                     if bit:
-                        self._heard(seen_list, site_at, bit, now)
+                        self._heard(flight, seen_list, site_at, bit, now)
                     if flight.traced:
                         self._fan_out(flight, answer, source, now)
                 else:
@@ -425,7 +429,7 @@ class Engine:
             return
         stats.answers_accepted += 1
         if bit and site_at >= 0:
-            self._heard(seen_list, site_at, bit, now)
+            self._heard(flight, seen_list, site_at, bit, now)
         if first_of_site and flight.first_at is not None:
             self._note_delay(now - flight.first_at, now)
         self._fan_out(flight, answer, source, now)
@@ -467,6 +471,8 @@ class Engine:
             flight.handed = copy + 1
             flight.sent_ok += 1
             out.append((flight, wire))
+            if flight.waited and not pacer.pending(flight):
+                self._copies_left(flight, now)
         self.stats.queries_sent += len(out)
         self.stats.resends_deferred += pacer.deferred - deferred
         self.stats.resends_skipped += pacer.skipped - skipped
@@ -698,8 +704,8 @@ class Engine:
             lost, owed = lost * decay, owed * decay
         return lost, owed
 
-    def _heard(self, seen: list[tuple[int, str, Answer | None, int, int]], i: int, bit: int,
-               now: float) -> None:
+    def _heard(self, flight: _Flight, seen: list[tuple[int, str, Answer | None, int, int]],
+               i: int, bit: int, now: float) -> None:
         """A site answered the copy ``bit`` (one bit per copy, by its id): the site's first
         entry in ``seen`` at ``i`` keeps the copies it answered, and the estimate of loss
         learns what changed. Each copy has its own id, which OsmoHLR echoes, and a site
@@ -708,6 +714,12 @@ class Engine:
         socket; a slow site is not taken for a lossy one. Copies after a site's last
         answer are not judged (their answers may be on the way), nor sites that answered
         none (they may not know the subscriber): an estimate from below."""
+        if bit.bit_length() == flight.handed:  # an answer to the latest copy: a round trip
+            last = self._pacer.last_sent(flight)
+            if last is not None and now >= last:
+                rtt = self._round_trip(now)
+                if now - last > rtt:
+                    self._rtt, self._rtt_at = now - last, now
         entry = seen[i]
         before = entry[4]
         after = before | bit
@@ -721,6 +733,18 @@ class Engine:
         self._owed += span1 - span0
         self._lost = max(0.0, self._lost + (span1 - after.bit_count())
                          - (span0 - before.bit_count()))
+
+    def _round_trip(self, now: float) -> float:
+        """The slowest round trip seen lately, from a flight's latest copy leaving to a
+        site's answer to that copy (by its id), halved every DELAY_HALF_LIFE."""
+        rtt = self._rtt
+        if rtt and now > self._rtt_at:
+            rtt *= 0.5 ** ((now - self._rtt_at) / DELAY_HALF_LIFE)
+        return rtt
+
+    def _answer_wait(self, now: float) -> float:
+        """How long the answers to a copy that just left may take."""
+        return max(ANSWER_MIN_WAIT, ROUND_TRIP_HEADROOM * self._round_trip(now))
 
     def _lossy(self, now: float) -> bool:
         """Whether at least LOSS_TO_WAIT of the answers owed lately went missing."""
@@ -743,11 +767,10 @@ class Engine:
         return True
 
     def _wait_for_copies(self, lookup: Lookup, flight: _Flight, now: float) -> bool:
-        """At a deadline of a lookup whose re-sends the bucket held back on a lossy network
-        (:meth:`_late_copy`): while copies are still to leave, look again every
-        COPY_RECHECK; once the last has left, wait ANSWER_HEADROOM times the answer delay
-        (at least 50 ms) for its answers. Never beyond WAIT_WINDOWS windows after the first
-        copy. True if the deadline moved."""
+        """At a deadline of a lookup whose re-sends the bucket still holds, on a network
+        that loses datagrams: it waits for them, until WAIT_WINDOWS windows after its first
+        copy at most (:meth:`_copies_left` ends the wait sooner, once the last has left and
+        its answers had time). True if the deadline moved."""
         first = flight.first_at
         if first is None:
             return False
@@ -759,12 +782,13 @@ class Engine:
                 return False  # nothing gets lost: the answers are in already
             self._pacer.extend(flight, cap, window)
             flight.waited = True
-            target = now + COPY_RECHECK
+            end = cap
         elif flight.waited and (last := self._pacer.last_sent(flight)) is not None:
-            target = last + max(0.05, ANSWER_HEADROOM * self._answer_delay(now))
+            # a re-send kept past the old cut-off may have left just now: its answers
+            end = min(cap, last + self._answer_wait(now))
         else:
             return False
-        shift = min(cap, target) - (selection.start + window)
+        shift = end - (selection.start + window)
         if shift <= lookup.shift + GRID / 2:
             return False
         if not lookup.waited:
@@ -773,6 +797,20 @@ class Engine:
         lookup.shift = shift
         self._arm(lookup)
         return True
+
+    def _copies_left(self, flight: _Flight, now: float) -> None:
+        """The last copy of a flight whose lookups wait for their copies has left: they
+        end ROUND_TRIP_HEADROOM times the round trip seen lately after it (at least
+        ANSWER_MIN_WAIT), instead of at the cap."""
+        end = now + self._answer_wait(now)
+        for lookup in flight.lookups:
+            if not lookup.waited:
+                continue
+            selection = lookup.selection
+            shift = max(0.0, end - (selection.start + selection.timing.window))
+            if shift < lookup.shift:
+                lookup.shift = shift
+                self._arm(lookup)
 
     def _grace(self, lookup: Lookup, now: float) -> bool:
         """At the end of a lookup that found nothing, make up for copies that did not leave
