@@ -714,22 +714,22 @@ class Engine:
         socket; a slow site is not taken for a lossy one. Copies after a site's last
         answer are not judged (their answers may be on the way), nor sites that answered
         none (they may not know the subscriber): an estimate from below."""
-        if bit.bit_length() == flight.handed:  # an answer to the latest copy: a round trip
-            last = self._pacer.last_sent(flight)
-            if last is not None and now >= last:
-                rtt = self._round_trip(now)
-                if now - last > rtt:
-                    self._rtt, self._rtt_at = now - last, now
         entry = seen[i]
         before = entry[4]
         after = before | bit
         if after == before:
-            return
+            return  # that copy's answer again
         seen[i] = (entry[0], entry[1], entry[2], entry[3], after)
-        span0, span1 = before.bit_length(), after.bit_length()
-        if now - self._loss_at > 0.1:  # forget, with a half-life of LOSS_HALF_LIFE
+        # forget, with the half-lives, once a tenth of a second has passed
+        if now - self._loss_at > 0.1:
             self._lost, self._owed = self._loss_seen(now)
-            self._loss_at = now
+            self._rtt = self._round_trip(now)
+            self._loss_at = self._rtt_at = now
+        if bit.bit_length() == flight.handed:  # an answer to the latest copy: a round trip
+            last = self._pacer.last_sent(flight)
+            if last is not None and now - last > self._rtt:
+                self._rtt = now - last
+        span0, span1 = before.bit_length(), after.bit_length()
         self._owed += span1 - span0
         self._lost = max(0.0, self._lost + (span1 - after.bit_count())
                          - (span0 - before.bit_count()))
