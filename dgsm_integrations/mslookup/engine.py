@@ -273,6 +273,14 @@ class _Flight:
         self.waited = False  # its lookups wait for held-back re-sends
 
 
+def _decayed(value: float, since: float, now: float, half_life: float) -> float:
+    """``value`` as of ``since``, halved every ``half_life`` seconds until ``now``."""
+    if value and now > since:
+        factor: float = 0.5 ** ((now - since) / half_life)
+        return value * factor
+    return value
+
+
 def _random_id() -> int:
     return int.from_bytes(os.urandom(2), "big")
 
@@ -686,10 +694,7 @@ class Engine:
         """The slowest answer seen lately: the longest time from a flight's first copy to
         the first answer of a site, forgotten with a half-life of DELAY_HALF_LIFE. (An
         answer to a later copy counts from the first: too long, never too short.)"""
-        delay = self._delay
-        if delay and now > self._delay_at:
-            delay *= 0.5 ** ((now - self._delay_at) / DELAY_HALF_LIFE)
-        return delay
+        return _decayed(self._delay, self._delay_at, now, DELAY_HALF_LIFE)
 
     def _note_delay(self, delay: float, now: float) -> None:
         self._delay = max(self._answer_delay(now), delay)
@@ -698,11 +703,8 @@ class Engine:
     def _loss_seen(self, now: float) -> tuple[float, float]:
         """(answers missing, answers owed) lately, forgotten with a half-life of
         LOSS_HALF_LIFE."""
-        lost, owed = self._lost, self._owed
-        if owed and now > self._loss_at:
-            decay = 0.5 ** ((now - self._loss_at) / LOSS_HALF_LIFE)
-            lost, owed = lost * decay, owed * decay
-        return lost, owed
+        return (_decayed(self._lost, self._loss_at, now, LOSS_HALF_LIFE),
+                _decayed(self._owed, self._loss_at, now, LOSS_HALF_LIFE))
 
     def _heard(self, flight: _Flight, seen: list[tuple[int, str, Answer | None, int, int]],
                i: int, bit: int, now: float) -> None:
@@ -737,10 +739,7 @@ class Engine:
     def _round_trip(self, now: float) -> float:
         """The slowest round trip seen lately, from a flight's latest copy leaving to a
         site's answer to that copy (by its id), halved every DELAY_HALF_LIFE."""
-        rtt = self._rtt
-        if rtt and now > self._rtt_at:
-            rtt *= 0.5 ** ((now - self._rtt_at) / DELAY_HALF_LIFE)
-        return rtt
+        return _decayed(self._rtt, self._rtt_at, now, DELAY_HALF_LIFE)
 
     def _answer_wait(self, now: float) -> float:
         """How long the answers to a copy that just left may take."""
@@ -761,10 +760,18 @@ class Engine:
         assert isinstance(flight, _Flight)
         if flight.first_at is None or not flight.lookups or not self._lossy(now):
             return False
-        window = max(lookup.selection.timing.window for lookup in flight.lookups)
-        self._pacer.extend(flight, flight.first_at + WAIT_WINDOWS * window, window)
-        flight.waited = True
+        self._keep_copies(flight, flight.first_at,
+                          max(lookup.selection.timing.window for lookup in flight.lookups))
         return True
+
+    def _keep_copies(self, flight: _Flight, first: float, window: float) -> float:
+        """Let the flight's re-sends leave until WAIT_WINDOWS windows after its first copy
+        (less the time for their answers), and mark its lookups as waiting for them.
+        Returns that cap."""
+        cap = first + WAIT_WINDOWS * window
+        self._pacer.extend(flight, cap, window)
+        flight.waited = True
+        return cap
 
     def _wait_for_copies(self, lookup: Lookup, flight: _Flight, now: float) -> bool:
         """At a deadline of a lookup whose re-sends the bucket still holds, on a network
@@ -776,16 +783,13 @@ class Engine:
             return False
         selection = lookup.selection
         window = selection.timing.window
-        cap = first + WAIT_WINDOWS * window
         if self._pacer.pending(flight):
             if not (flight.waited or self._lossy(now)):
                 return False  # nothing gets lost: the answers are in already
-            self._pacer.extend(flight, cap, window)
-            flight.waited = True
-            end = cap
+            end = self._keep_copies(flight, first, window)
         elif flight.waited and (last := self._pacer.last_sent(flight)) is not None:
             # a re-send kept past the old cut-off may have left just now: its answers
-            end = min(cap, last + self._answer_wait(now))
+            end = min(first + WAIT_WINDOWS * window, last + self._answer_wait(now))
         else:
             return False
         shift = end - (selection.start + window)
