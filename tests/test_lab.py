@@ -24,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import math
 import subprocess
+import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -196,8 +197,12 @@ def _zombie(pid: int) -> bool:
         return True
 
 
-def test_lab_refuses_to_start_where_other_interfaces_are_visible(lab: Lab) -> None:
-    """Inside a village (which has eth0) a lab would touch a real-looking interface: refused."""
+def test_lab_refuses_to_start_where_other_interfaces_are_visible(
+        lab: Lab, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Inside a village (which has eth0) a lab would touch a real-looking interface: refused,
+    and the refused lab leaves no work directory behind."""
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+
     async def body() -> str:
         try:
             Lab(["Z"], hlr=False).start()
@@ -205,6 +210,7 @@ def test_lab_refuses_to_start_where_other_interfaces_are_visible(lab: Lab) -> No
             return str(exc)
         return "started"
     assert "private network namespace" in lab["B"].loop.run(body())
+    assert list(tmp_path.iterdir()) == []
 
 
 # -- calls and SMS through our integrations, across villages ---------------------------------

@@ -142,10 +142,18 @@ class Lab:
         self.with_hlr = hlr
         self.hlr_client_timeout_ms = hlr_client_timeout_ms
         self.distro = distro
-        self._own_workdir = workdir is None
-        self.workdir = Path(workdir or tempfile.mkdtemp(prefix="dgsm-lab-"))
+        self._workdir = None if workdir is None else Path(workdir)
+        self._own_workdir: Path | None = None  # made by start(), removed by close()
         self.backhaul: Netns | None = None
         self.villages: dict[str, Village] = {}
+
+    @property
+    def workdir(self) -> Path:
+        """The directory of the villages' files: the one given, or a temporary one made when
+        the lab starts (and removed when it closes)."""
+        if self._workdir is None:
+            raise LabError("the lab has no work directory until it is started")
+        return self._workdir
 
     # -- life cycle --------------------------------------------------------------------------
 
@@ -157,6 +165,8 @@ class Lab:
         need("ip", "iproute2")
         need("nsenter", "util-linux")
         try:
+            if self._workdir is None:
+                self._own_workdir = self._workdir = Path(tempfile.mkdtemp(prefix="dgsm-lab-"))
             self._build()
         except BaseException:
             self.close()
@@ -202,8 +212,9 @@ class Lab:
             v.ns.close()
         if self.backhaul is not None:
             self.backhaul.close()
-        if self._own_workdir:
-            shutil.rmtree(self.workdir, ignore_errors=True)
+        if self._own_workdir is not None:
+            shutil.rmtree(self._own_workdir, ignore_errors=True)
+            self._own_workdir = self._workdir = None
 
     def __enter__(self) -> Lab:
         return self.start()

@@ -1,10 +1,11 @@
 """An Osmocom program that needs SCTP, run on a kernel without it: osmo-msc, osmo-stp.
 
 :func:`build_shim` compiles ``nosctp.c`` (an LD_PRELOAD shim of ours, next to this file) with
-this host's gcc, once per process: SCTP sockets become TCP ones, libsctp's bindx/connectx a
-plain bind/connect, SCTP socket options no-ops, and M3UA keeps its message boundaries on the
-byte stream (the shim's header says how). :class:`ShimmedProgram` is one such program's
-life: its config file and log in a work directory, started (through its
+this host's gcc, once per process, into a temporary directory removed at exit: SCTP sockets
+become TCP ones, libsctp's bindx/connectx a plain bind/connect, SCTP socket options no-ops,
+and M3UA keeps its message boundaries on the byte stream (the shim's header says how).
+:class:`ShimmedProgram` is one such program's life: its config file and log in a work
+directory, started (through its
 :class:`~.distro.Distro`, inside a lab village's namespace if given) with the shim preloaded,
 ready when a port of its accepts a connection (polled, bounded), stopped with
 :func:`~.netns.terminate`. :mod:`.osmomsc` and :mod:`.osmostp` add their configuration.
@@ -12,8 +13,10 @@ ready when a port of its accepts a connection (polled, bounded), stopped with
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import os
+import shutil
 import socket
 import subprocess
 import tempfile
@@ -36,7 +39,9 @@ def build_shim(error: type[LabError] = LabError) -> Path:
     if cached is not None and cached.exists():
         return cached
     gcc = need("gcc", "gcc")
-    out = Path(tempfile.mkdtemp(prefix="dgsm-nosctp-")) / "nosctp.so"
+    tmp = tempfile.mkdtemp(prefix="dgsm-nosctp-")
+    atexit.register(shutil.rmtree, tmp, ignore_errors=True)  # loaded by children only
+    out = Path(tmp) / "nosctp.so"
     proc = subprocess.run([gcc, "-shared", "-fPIC", "-O2", "-o", str(out), str(SHIM_SOURCE),
                            "-ldl"], check=False, capture_output=True, text=True, timeout=60)
     if proc.returncode != 0:
