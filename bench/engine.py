@@ -2,8 +2,9 @@
 socket, kernel or event loop takes its share.
 
 A burst of ``--lookups`` distinct MSISDNs starts at t=0, as in ``osmohlr_burst.py``; three
-sites answer every copy that leaves, as OsmoHLR does (age growing by one each second, so the
-copies of one site's answer are distinct datagrams once a second passes), 0.5 ms after it left.
+sites answer every copy that leaves, as OsmoHLR does (echoing its id; age growing by one each
+second, so the copies of one site's answer are distinct datagrams once a second passes),
+0.5 ms after it left.
 The clock advances in 1 ms steps; ``due``, ``receive`` and ``advance`` run exactly as a driver
 calls them. Prints CPU per lookup (process time, answers pre-encoded outside the timing) and
 the engine's memory per lookup in flight (tracemalloc, peak over the burst, in a second pass:
@@ -68,8 +69,9 @@ def one_round(n: int, resend: int, answers: dict[tuple[int, int, int], bytes],
             if m is None:
                 m = msisdn_of[name] = int(decode_query(wire)[1].id)
             second = int(now)
+            copy_id = wire[:2]  # OsmoHLR echoes each copy's id (the engine judges loss by it)
             for k, (addr, _age) in enumerate(SITES):
-                pending.append((now + 0.0005, answers[m, k, second], addr))
+                pending.append((now + 0.0005, copy_id + answers[m, k, second][2:], addr))
         keep = []
         for arrival, data, addr in pending:
             if arrival <= now:

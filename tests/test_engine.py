@@ -264,23 +264,28 @@ def test_one_site_is_one_string_in_every_flight_and_the_table_is_bounded() -> No
         d.engine.receive(_answer(q, 3), "".join(["10.9.0.", "1"]), 0.01)  # a new str each
     fa, fb = (d.engine._flights[wire.query_name(q)] for q in (qa, qb))
     assert fa.seen[0][1] == "10.9.0.1" and fa.seen[0][1] is fb.seen[0][1]
+    first_a = next(decode_query(data)[0] for _, data in d.sent if decode_query(data)[1] == qa)
+    flood = encode_answer(qa, first_a, 3, Endpoint("10.9.0.5", 5060))  # echoing copy 0's id
     for i in range(3000):  # a flood of sources
-        d.engine.receive(_answer(qa, 3), f"10.8.{i // 250}.{i % 250}", 0.02)
+        d.engine.receive(flood, f"10.8.{i // 250}.{i % 250}", 0.02)
     assert 0 < len(d.engine._hosts) <= engine_module._MAX_SOURCES
+    assert 0 < len(d.engine._loss) <= engine_module._MAX_SOURCES  # loss is judged by site
     d.run_until(1.0)
     assert d.results[qa.id][0].age == 3 and d.results[qb.id][0].age == 3
 
 
 def _burst_behind_a_bucket(young_misses: int, young_delay: float = 0.004,
-                           send_rate: int = 40, last: dict[str, float] | None = None
+                           send_rate: int = 40, last: dict[str, float] | None = None,
+                           clean_sites: int = 0
                            ) -> tuple[Drive, list[tuple[float, float, Result]]]:
     """20 lookups at once through a bucket of 40 datagrams/s: their first copies take half
     a second to leave, and only the first lookups' second copies fit in their windows. An
     OLD site (age 30) answers every copy at once; a YOUNG one (age 5) loses the first
     ``young_misses`` copies of every lookup (a lossy link, or a full socket), then answers
-    each ``young_delay`` s after it. Answers echo each copy's id, as OsmoHLR does. The clock
-    moves in 1 ms steps. Returns the driver and (first copy left, result delivered, final
-    result) of each lookup; ``last`` gets when each lookup's last copy left (by id)."""
+    each ``young_delay`` s after it. ``clean_sites`` more old sites (ages 40 and up) answer
+    every copy at once too. Answers echo each copy's id, as OsmoHLR does. The clock moves in
+    1 ms steps. Returns the driver and (first copy left, result delivered, final result) of
+    each lookup; ``last`` gets when each lookup's last copy left (by id)."""
     d = Drive(min_delay=1.0, send_rate=send_rate, burst=1)
     queries = [_query(6000 + i) for i in range(20)]
     for q in queries:
@@ -302,6 +307,9 @@ def _burst_behind_a_bucket(young_misses: int, young_delay: float = 0.004,
             copies[q.id] = copies.get(q.id, 0) + 1
             arrivals.append((now + 0.002, encode_answer(q, packet_id, 30,
                                                         Endpoint("10.9.0.6", 5060)), "10.9.0.2"))
+            for k in range(clean_sites):
+                arrivals.append((now + 0.002, encode_answer(
+                    q, packet_id, 40 + k, Endpoint(f"10.9.1.{k + 1}", 5060)), f"10.9.1.{k + 1}"))
             if copies[q.id] > young_misses:
                 arrivals.append((now + young_delay, encode_answer(q, packet_id, 5,
                                                             Endpoint("10.9.0.5", 5060)),
@@ -327,6 +335,26 @@ def test_where_copies_get_lost_a_burst_waits_for_its_held_back_re_sends() -> Non
     assert [r.age for _, _, r in runs] == [5] * 20, runs
     assert all(end <= left + engine_module.WAIT_WINDOWS * 1.0 + 0.002 for left, end, _ in runs)
     assert d.engine.stats.waits_for_copies > 0
+
+
+def test_a_lossy_site_among_many_clean_ones_still_makes_a_burst_wait() -> None:
+    """Loss is judged site by site. The young village loses every first copy (half of what
+    it owes); thirteen others hear every copy. Over all sites together that is under 4% of
+    the answers owed, below LOSS_TO_WAIT, and the lookups whose second copy did not fit in
+    their window went to an older village (a clean local village diluting a lossy remote
+    one). Judged on its own, the young village is lossy: every lookup waits, and it wins
+    all 20."""
+    d, runs = _burst_behind_a_bucket(young_misses=1, clean_sites=12)
+    assert [r.age for _, _, r in runs] == [5] * 20, runs
+    assert d.engine.stats.waits_for_copies > 0
+    lost, owed = d.engine._loss_seen(3.0)
+    assert lost < engine_module.LOSS_TO_WAIT * owed  # all sites together: not lossy
+    young_lost, young_owed = d.engine._loss_seen(3.0, "10.9.0.1")
+    assert young_lost >= engine_module.LOSS_TO_WAIT * young_owed > 0
+    # forgotten once the site falls silent: later bursts do not wait for it for ever
+    assert d.engine._lossy(3.0)
+    assert not d.engine._lossy(3.0 + 10 * engine_module.LOSS_HALF_LIFE)
+    assert d.engine._lossy_sites == {}
 
 
 def test_a_lookup_that_waited_ends_once_its_last_copy_had_its_answers() -> None:

@@ -70,9 +70,9 @@ FLOOR_SHARE = 0.25
 ANSWER_HEADROOM = 2.0
 #: How fast the answer delay seen lately is forgotten: its half-life, in seconds.
 DELAY_HALF_LIFE = 2.0
-#: When at least this share of the answers owed by sites that answered went missing lately
-#: (the link or a site's socket loses datagrams), a lookup whose re-sends the bucket held
-#: back waits for them instead of losing them...
+#: When at least this share of the answers a site owes went missing lately (its link or its
+#: socket loses datagrams), at any one site that answered, a lookup whose re-sends the
+#: bucket held back waits for them instead of losing them...
 LOSS_TO_WAIT = 0.05
 #: ... for at most this many windows after its first copy left...
 WAIT_WINDOWS = 3.0
@@ -80,8 +80,10 @@ WAIT_WINDOWS = 3.0
 #: least ANSWER_MIN_WAIT) for that copy's answers.
 ROUND_TRIP_HEADROOM = 2.0
 ANSWER_MIN_WAIT = 0.05
-#: How fast the loss seen lately is forgotten: its half-life, in seconds.
+#: How fast the loss seen lately is forgotten: its half-life, in seconds. A site's loss is
+#: forgotten once less than LOSS_MIN_OWED answers' worth of what it owed is left.
 LOSS_HALF_LIFE = 10.0
+LOSS_MIN_OWED = 1.0
 
 # verdicts remembered per distinct answer
 _OK, _MALFORMED, _UNTRUSTED, _UNUSABLE = range(4)
@@ -319,9 +321,10 @@ class Engine:
         self._delay_at = now  # ... as of then
         self._rtt = 0.0  # the slowest round trip of a flight's latest copy seen lately...
         self._rtt_at = now  # ... as of then
-        self._lost = 0.0  # answers owed and missing, lately (decayed)...
-        self._owed = 0.0  # ... of answers owed by sites that answered
-        self._loss_at = now  # ... as of then
+        # by site: (answers missing, answers owed, as of then), lately (decayed), of the
+        # sites that answered; the oldest goes first when the table is full
+        self._loss: dict[str, list[float]] = {}
+        self._lossy_sites: dict[str, None] = {}  # where the share missing >= LOSS_TO_WAIT
 
     def __len__(self) -> int:
         """Flights in progress."""
@@ -700,11 +703,15 @@ class Engine:
         self._delay = max(self._answer_delay(now), delay)
         self._delay_at = now
 
-    def _loss_seen(self, now: float) -> tuple[float, float]:
-        """(answers missing, answers owed) lately, forgotten with a half-life of
-        LOSS_HALF_LIFE."""
-        return (_decayed(self._lost, self._loss_at, now, LOSS_HALF_LIFE),
-                _decayed(self._owed, self._loss_at, now, LOSS_HALF_LIFE))
+    def _loss_seen(self, now: float, site: str | None = None) -> tuple[float, float]:
+        """(answers missing, answers owed) lately by ``site`` (by all sites together if
+        None), forgotten with a half-life of LOSS_HALF_LIFE."""
+        lost = owed = 0.0
+        for host, (site_lost, site_owed, at) in self._loss.items():
+            if site is None or host == site:
+                lost += _decayed(site_lost, at, now, LOSS_HALF_LIFE)
+                owed += _decayed(site_owed, at, now, LOSS_HALF_LIFE)
+        return lost, owed
 
     def _heard(self, flight: _Flight, seen: list[tuple[int, str, Answer | None, int, int]],
                i: int, bit: int, now: float) -> None:
@@ -715,26 +722,43 @@ class Engine:
         while it answered a later one was lost, on the way there or back, or at a full
         socket; a slow site is not taken for a lossy one. Copies after a site's last
         answer are not judged (their answers may be on the way), nor sites that answered
-        none (they may not know the subscriber): an estimate from below."""
+        none (they may not know the subscriber): an estimate from below. Each site is
+        judged on its own: a clean local village must not hide a lossy remote one."""
         entry = seen[i]
         before = entry[4]
         after = before | bit
         if after == before:
             return  # that copy's answer again
         seen[i] = (entry[0], entry[1], entry[2], entry[3], after)
-        # forget, with the half-lives, once a tenth of a second has passed
-        if now - self._loss_at > 0.1:
-            self._lost, self._owed = self._loss_seen(now)
+        if now - self._rtt_at > 0.1:  # forget, with the half-life, every tenth of a second
             self._rtt = self._round_trip(now)
-            self._loss_at = self._rtt_at = now
+            self._rtt_at = now
         if bit.bit_length() == flight.handed:  # an answer to the latest copy: a round trip
             last = self._pacer.last_sent(flight)
             if last is not None and now - last > self._rtt:
                 self._rtt = now - last
         span0, span1 = before.bit_length(), after.bit_length()
-        self._owed += span1 - span0
-        self._lost = max(0.0, self._lost + (span1 - after.bit_count())
-                         - (span0 - before.bit_count()))
+        owed = span1 - span0
+        lost = (span1 - after.bit_count()) - (span0 - before.bit_count())
+        site = entry[1]
+        table = self._loss
+        known = table.get(site)
+        if known is None:
+            if len(table) >= _MAX_SOURCES:
+                oldest = next(iter(table))
+                del table[oldest]
+                self._lossy_sites.pop(oldest, None)
+            known = table[site] = [0.0, 0.0, now]
+        elif now - known[2] > 0.1:  # forget, with the half-life, every tenth of a second
+            del table[site]  # and to the end: the oldest first
+            known = table[site] = [_decayed(known[0], known[2], now, LOSS_HALF_LIFE),
+                                   _decayed(known[1], known[2], now, LOSS_HALF_LIFE), now]
+        site_lost = known[0] = max(0.0, known[0] + lost)
+        site_owed = known[1] = known[1] + owed
+        if site_lost >= LOSS_TO_WAIT * site_owed and site_lost > 0:
+            self._lossy_sites[site] = None
+        elif self._lossy_sites:
+            self._lossy_sites.pop(site, None)
 
     def _round_trip(self, now: float) -> float:
         """The slowest round trip seen lately, from a flight's latest copy leaving to a
@@ -746,9 +770,17 @@ class Engine:
         return max(ANSWER_MIN_WAIT, ROUND_TRIP_HEADROOM * self._round_trip(now))
 
     def _lossy(self, now: float) -> bool:
-        """Whether at least LOSS_TO_WAIT of the answers owed lately went missing."""
-        lost, owed = self._loss_seen(now)
-        return owed > 0 and lost >= LOSS_TO_WAIT * owed
+        """Whether, at some site, at least LOSS_TO_WAIT of the answers it owed lately went
+        missing (the share does not change as both are forgotten; a site is forgotten once
+        less than LOSS_MIN_OWED of what it owed is left)."""
+        lossy = self._lossy_sites
+        for site in list(lossy):
+            known = self._loss.get(site)
+            if known is not None and _decayed(known[1], known[2], now,
+                                              LOSS_HALF_LIFE) >= LOSS_MIN_OWED:
+                return True
+            del lossy[site]
+        return False
 
     def _late_copy(self, key: object, now: float) -> bool:
         """The pacer is about to skip one of the flight's re-sends as too late for an answer
