@@ -230,3 +230,28 @@ def test_bad_settings_still_answer_with_error(tmp_path: Path) -> None:
         assert ex.variables == {"DGSM_CAUSE": "34", "DGSM_RESULT": "error"}
         assert "bad settings" in log
     run(body())
+
+
+def test_sighup_while_still_reading_its_settings_is_one_line_not_a_traceback(
+        monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    """Found with a real Asterisk 22 (the caller hung up 0.1 s into the call, while Python
+    3.14 in the sid root was still starting the script): SIGHUP came while the settings were
+    read, before the part of main() that ends a call on it, and Asterisk's console got a
+    traceback. Here the hangup comes exactly then; and a second one, while the script ends,
+    is ignored."""
+    from dgsm_integrations.asterisk import script
+
+    def reading_settings() -> object:
+        os.kill(os.getpid(), signal.SIGHUP)  # the handler runs before this returns
+        os.kill(os.getpid(), signal.SIGHUP)  # Asterisk's hangup again: ignored
+        raise AssertionError("the hangup did not stop the script")
+
+    monkeypatch.setattr(script, "config_from_environment", reading_settings)
+    handlers = {s: signal.getsignal(s) for s in (signal.SIGHUP, signal.SIGALRM)}
+    try:
+        assert script.main() == 0
+    finally:
+        for s, handler in handlers.items():
+            signal.signal(s, handler)
+    err = capsys.readouterr().err
+    assert err.strip().splitlines() == ["dgsm-agi: stopped: SIGHUP: channel hung up"], err

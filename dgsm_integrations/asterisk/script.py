@@ -62,7 +62,19 @@ def _lookup(query: Query, config: AsteriskConfig) -> Result:
 
 
 def _on_signal(signum: int, frame: FrameType | None) -> None:
+    """The hangup (Asterisk's SIGHUP) or the backstop timer ends the call, wherever the
+    script is, even still starting up. Only the first: from then on another hangup is
+    ignored and the timer ends the process at once, so the script's own ending (its line
+    to the logs) is not cut short by a second _Stop."""
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    signal.signal(signal.SIGALRM, _exit_now)
     raise _Stop("SIGHUP: channel hung up" if signum == signal.SIGHUP else "call-timeout")
+
+
+def _exit_now(signum: int, frame: FrameType | None) -> None:
+    with contextlib.suppress(OSError):
+        os.write(2, b"dgsm-agi: stopped: call-timeout while ending the call\n")
+    os._exit(0)
 
 
 class _Pipe:
@@ -212,30 +224,31 @@ def main() -> int:
     signal.signal(signal.SIGHUP, _on_signal)
     signal.signal(signal.SIGALRM, _on_signal)
     try:
+        status, line = _call()
+    except _Stop as exc:  # a hangup or the backstop timer outside run()'s own handling
+        status, line = 0, f"dgsm-agi: stopped: {exc}"
+    except Exception as exc:  # a bug: one line in the logs, never a traceback to Asterisk
+        status, line = 1, f"dgsm-agi: internal error: {type(exc).__name__}: {exc}"
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+    with contextlib.suppress(_Stop):  # a hangup now: the call is over anyway
+        _log(line)
+    return status
+
+
+def _call() -> tuple[int, str]:
+    """The settings, then the call: (exit status, log line)."""
+    try:
         config = config_from_environment()
     except (ConfigError, OSError) as exc:
         # still answer the call: the error decision with the default causes
-        _log(f"dgsm-agi: bad settings: {exc}")
+        with contextlib.suppress(_Stop):
+            _log(f"dgsm-agi: bad settings: {exc}")
         config = _fallback_config()
-        broken = True
-    else:
-        broken = False
+        signal.setitimer(signal.ITIMER_REAL, config.call_timeout + 0.5)
+        return _error_only(config)
     signal.setitimer(signal.ITIMER_REAL, config.call_timeout + 0.5)
-    try:
-        if broken:
-            status, line = _error_only(config)
-        else:
-            status, line = run(config)
-        _log(line)
-    except _Stop as exc:  # the backstop timer fired outside run()'s own handling
-        status = 0
-        _log(f"dgsm-agi: stopped: {exc}")
-    except Exception as exc:  # a bug: one line in the logs, never a traceback to Asterisk
-        status = 1
-        _log(f"dgsm-agi: internal error: {type(exc).__name__}: {exc}")
-    finally:
-        signal.setitimer(signal.ITIMER_REAL, 0)
-    return status
+    return run(config)
 
 
 def _fallback_config() -> AsteriskConfig:
