@@ -126,6 +126,34 @@ def test_a_late_driver_gets_copies_re_spread_never_merged() -> None:
     assert p.missed("q") >= 2
 
 
+def test_re_spread_copies_leave_room_for_a_driver_that_then_wakes_late() -> None:
+    """Regression (tests/test_resolver.py::test_a_stalled_loop_does_not_merge_overdue_copies
+    failed once in a full run: 7 copies of 8): after a stall the copies still to go were
+    re-spread to end a grid step (5 ms) before the last useful moment, so a driver that
+    woke 6 ms late for the last one, too short a delay for the test's watchdog to see, lost
+    it, with 144 ms of the window still left for its answer. They now end a third of the
+    answer margin before it (50 ms in a 1 s window, where the plan's own last copy was due):
+    a driver 20 ms late at every wake-up after the stall still sends all eight."""
+    for wake_late in (0.02, 0.0):
+        p = Pacer()
+        p.schedule("q", b"x", 0.0, 1.0, 8)
+        sent: list[float] = []
+        now = 0.0
+        while True:
+            sent += [now for _ in p.due(now)]
+            wake = p.next_wakeup()
+            if wake is None:
+                break
+            # stalled from 0.1 s to 0.55 s, then every wake-up late by wake_late
+            now = max(now, 0.55 + wake_late if 0.1 <= wake < 0.55 else wake + wake_late)
+        assert len(sent) == 8 and p.skipped == 0, (wake_late, sent)  # one datagram each
+        assert max(sent) <= 0.85 + 1e-9  # none after the last useful moment
+        if not wake_late:  # spread evenly up to where the plan's last copy was due
+            gaps = [b - a for a, b in itertools.pairwise(sent[1:])]
+            assert all(g == pytest.approx(0.25 / 6) for g in gaps), sent
+            assert sent[-1] == pytest.approx(0.80)
+
+
 def test_no_time_left_copies_leave_together_rather_than_not_at_all() -> None:
     p = Pacer()
     p.schedule("q", b"x", 0.0, 1.0, 5)

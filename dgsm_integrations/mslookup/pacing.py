@@ -22,9 +22,10 @@ What it does, and why:
 - **Never merged, never back to back.** Copies of one lookup leave at least half an interval
   apart. A copy held back (by the bucket, or because the driver woke late after a CPU stall)
   is neither merged with the next one nor sent in a bunch with it: the copies still to go
-  are re-spread over the time left before the lookup's last useful moment, so one loss
-  burst or one stall at the receiver does not take them all; only when no time is left do
-  they leave together (a copy that leaves is a chance, a skipped one none). (Before the
+  are re-spread over the time left before the lookup's last useful moment (the last aimed
+  a third of the answer margin before it: a driver that then wakes late does not lose it),
+  so one loss burst or one stall at the receiver does not take them all; only when no time
+  is left do they leave together (a copy that leaves is a chance, a skipped one none). (Before the
   pacer, a driver that woke late sent one datagram for all overdue copies: under CPU load
   the lab's 20%-loss test lost a fifth of its copies, see docs/mslookup.md.)
 - **Re-sends that come too late are skipped.** A re-send that could not leave before its
@@ -68,6 +69,11 @@ _TICK = 0.002
 _MARGIN_SHARE = 0.15
 #: ... and at most this long (seconds) before the end: time for the answer to come back.
 _MARGIN_MAX = 0.15
+#: Copies held back are re-spread to leave by this share of that margin before the last
+#: useful moment (for windows up to 1 s, where the plan's own last copy was due), not just
+#: before it: a driver that then wakes a little late (a loaded machine, a GC pause) does
+#: not lose the last one.
+_AIM_SHARE = 1 / 3
 
 
 @dataclass(eq=False, slots=True)
@@ -91,6 +97,7 @@ class _Plan:
     pending: int = 0  # copies planned and not yet sent or skipped
     missed: int = 0  # copies skipped, or sent more than half an interval late
     live: bool = True
+    aim: float = GRID  # copies held back are re-spread to leave by latest - aim
 
     def at(self, k: int) -> float:
         """When the chain's copy ``k`` is due."""
@@ -157,7 +164,8 @@ class Pacer:
         # the first copy always; the re-sends due by the last useful moment (copy k is due
         # at most a grid step after now + k * step: start from there, then check)
         mine = _Plan(key, wire, latest, step / 2, now, step, grid,
-                     max(1, min(copies, 1 + int((latest - now) / step))))
+                     max(1, min(copies, 1 + int((latest - now) / step))),
+                     aim=max(GRID, margin * _AIM_SHARE))
         while mine.count > 1 and mine.at(mine.count - 1) > latest:
             mine.count -= 1
         while mine.count < copies and mine.at(mine.count) <= latest:
@@ -168,7 +176,8 @@ class Pacer:
             mine.pending = mine.count
             self._queue_next(mine, now)
             return
-        plan.latest = max(plan.latest, latest)
+        if latest >= plan.latest:  # the later window sets the last useful moment
+            plan.latest, plan.aim = latest, mine.aim
         plan.gap = min(plan.gap, step / 2)
         planned = plan.planned()
         for number, t in enumerate(mine.planned()):  # a second caller: its own copies,
@@ -290,9 +299,11 @@ class Pacer:
         """Least time between two copies of ``plan`` now: half an interval, but narrower
         (down to :data:`MIN_GAP`) when copies were held back and must still fit before the
         last useful moment."""
-        # aim a grid step before the last useful moment: a driver that wakes a little late
-        # must not lose the last copy to it
-        fit = max(0.0, plan.latest - GRID - now) / max(1, plan.pending - 1)
+        # the copies still to go (this one too) spread from the last one that left, the
+        # last aimed some way before the last useful moment (_AIM_SHARE): a driver that
+        # wakes a little late must not lose it
+        start = now if plan.last is None else plan.last
+        fit = max(0.0, plan.latest - plan.aim - start) / max(1, plan.pending)
         return max(MIN_GAP, min(plan.gap, fit))
 
     def _skip(self, plan: _Plan, rest: bool = False) -> None:
