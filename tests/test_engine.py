@@ -372,6 +372,27 @@ def test_a_lookup_that_waited_ends_once_its_last_copy_had_its_answers() -> None:
     assert max(ends.values()) < 2.0 < engine_module.WAIT_WINDOWS
 
 
+def test_a_site_heard_once_per_flight_is_not_counted_as_losing_nothing() -> None:
+    """Only the copies below the latest one a site answered are judged: that one was
+    answered by choice. Counting it took a site that answered the second of two copies
+    for 50% loss (1 of 2) and one that answered a single copy for 0% (0 of 1), so a burst
+    in which the bucket let most lookups send one copy diluted a site's real loss."""
+    d = Drive(min_delay=1.0)
+    one, two = _query(5101), _query(5102)
+    d.start(one, 0.0)
+    d.start(two, 0.0)
+    d.run_until(0.2)  # the first copies, and two's second, have left
+    ids = {q.id: [pid for _, data in d.sent if (dq := decode_query(data))[1] == q
+                  for pid in (dq[0],)] for q in (one, two)}
+    assert len(ids[one.id]) >= 1 and len(ids[two.id]) >= 2
+    site = "10.9.0.7"
+    d.engine.receive(encode_answer(one, ids[one.id][0], 5, Endpoint(site, 5060)), site, 0.2)
+    assert d.engine._loss_seen(0.2, site) == (0.0, 0.0)  # one copy answered: nothing judged
+    d.engine.receive(encode_answer(two, ids[two.id][1], 5, Endpoint(site, 5060)), site, 0.2)
+    assert d.engine._loss_seen(0.2, site) == (1.0, 1.0)  # its first copy was lost
+    assert d.engine._lossy(0.2)
+
+
 def test_a_slow_site_is_not_taken_for_a_lossy_one() -> None:
     """A loaded young site answers every copy, 0.3 s late (its socket has a queue): its
     answers come in the order the copies left, none missing before the last one heard, so

@@ -737,8 +737,11 @@ class Engine:
             last = self._pacer.last_sent(flight)
             if last is not None and now - last > self._rtt:
                 self._rtt = now - last
+        # judged: the copies below the latest one the site answered (that one was answered
+        # by choice: counting it would take a site heard once per flight, as in a burst
+        # where the bucket let one copy leave, for one that loses nothing)
         span0, span1 = before.bit_length(), after.bit_length()
-        owed = span1 - span0
+        owed = span1 - max(span0, 1)
         lost = (span1 - after.bit_count()) - (span0 - before.bit_count())
         site = entry[1]
         table = self._loss
