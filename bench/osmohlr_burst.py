@@ -220,9 +220,11 @@ async def one_round(n: int, extra: dict[str, Any]) -> dict[str, Any]:
     wrong = sum(older(res, m) for res, m in zip(results, msisdns, strict=True))
     age_off = sum(right_site(res, m) and not age_as_provisioned(res, m)
                   for res, m in zip(results, msisdns, strict=True))
+    wrong_examples = [(m, res.site, res.age) for res, m in zip(results, msisdns, strict=True)
+                      if not right_site(res, m)][:5]
     return {
         "lookups": n, "youngest": ok, "older_site": wrong, "not_found": n - ok - wrong,
-        "age_off": age_off,
+        "age_off": age_off, "wrong_examples": wrong_examples,
         "wall_s": round(wall, 3), "over_min_delay_s": round(wall - MIN_DELAY, 3),
         "cpu_us_per_lookup": round(cpu / n * 1e6), "rss_kib_per_lookup": round(
             (peak - rss0) / n, 2),
