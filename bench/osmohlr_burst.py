@@ -147,11 +147,6 @@ def correct(result: Result, msisdn: int) -> bool:
     return right_site(result, msisdn) and age_as_provisioned(result, msisdn)
 
 
-def older(result: Result, msisdn: int) -> bool:
-    """Another site won: the wrong village."""
-    return result.found and not right_site(result, msisdn)
-
-
 def udp_snmp() -> dict[str, int]:
     with open("/proc/net/snmp", encoding="ascii") as f:
         rows = [line.split() for line in f if line.startswith("Udp:")]
@@ -216,12 +211,11 @@ async def one_round(n: int, extra: dict[str, Any]) -> dict[str, Any]:
         stats = {k: v - stats0.get(k, 0) for k, v in r.stats.as_dict().items()}
         await asyncio.sleep(0.3)  # late answers land (and are counted) before we look
         snmp1, drops1 = udp_snmp(), socket_drops()
-    ok = sum(right_site(res, m) for res, m in zip(results, msisdns, strict=True))
-    wrong = sum(older(res, m) for res, m in zip(results, msisdns, strict=True))
-    age_off = sum(right_site(res, m) and not age_as_provisioned(res, m)
-                  for res, m in zip(results, msisdns, strict=True))
-    wrong_examples = [(m, res.site, res.age) for res, m in zip(results, msisdns, strict=True)
-                      if not right_site(res, m)][:5]
+    judged = [(m, res, right_site(res, m)) for res, m in zip(results, msisdns, strict=True)]
+    ok = sum(right for _, _, right in judged)
+    wrong = sum(res.found and not right for _, res, right in judged)  # older: wrong village
+    age_off = sum(right and not age_as_provisioned(res, m) for m, res, right in judged)
+    wrong_examples = [(m, res.site, res.age) for m, res, right in judged if not right][:5]
     return {
         "lookups": n, "youngest": ok, "older_site": wrong, "not_found": n - ok - wrong,
         "age_off": age_off, "wrong_examples": wrong_examples,

@@ -244,11 +244,11 @@ def _call() -> tuple[int, str]:
         # still answer the call: the error decision with the default causes
         with contextlib.suppress(_Stop):
             _log(f"dgsm-agi: bad settings: {exc}")
-        config = _fallback_config()
-        signal.setitimer(signal.ITIMER_REAL, config.call_timeout + 0.5)
-        return _error_only(config)
+        config, broken = _fallback_config(), True
+    else:
+        broken = False
     signal.setitimer(signal.ITIMER_REAL, config.call_timeout + 0.5)
-    return run(config)
+    return _error_only(config) if broken else run(config)
 
 
 def _fallback_config() -> AsteriskConfig:

@@ -5,10 +5,10 @@ this host's gcc, once per process, into a temporary directory removed at exit: S
 become TCP ones, libsctp's bindx/connectx a plain bind/connect, SCTP socket options no-ops,
 and M3UA keeps its message boundaries on the byte stream (the shim's header says how).
 :class:`ShimmedProgram` is one such program's life: its config file and log in a work
-directory, started (through its
-:class:`~.distro.Distro`, inside a lab village's namespace if given) with the shim preloaded,
-ready when a port of its accepts a connection (polled, bounded), stopped with
-:func:`~.netns.terminate`. :mod:`.osmomsc` and :mod:`.osmostp` add their configuration.
+directory, started (through its :class:`~.distro.Distro`, inside a lab village's namespace
+if given) with the shim preloaded, ready when a port of its accepts a connection (polled,
+bounded), stopped with :func:`~.netns.terminate`. :mod:`.osmomsc` and :mod:`.osmostp` add
+their configuration.
 """
 
 from __future__ import annotations

@@ -705,7 +705,8 @@ class Engine:
 
     def _loss_seen(self, now: float, site: str | None = None) -> tuple[float, float]:
         """(answers missing, answers owed) lately by ``site`` (by all sites together if
-        None), forgotten with a half-life of LOSS_HALF_LIFE."""
+        None), forgotten with a half-life of LOSS_HALF_LIFE: for inspection (the engine
+        itself decides on :meth:`_lossy`, which keeps the lossy sites apart)."""
         lost = owed = 0.0
         for host, (site_lost, site_owed, at) in self._loss.items():
             if site is None or host == site:

@@ -25,9 +25,9 @@ What it does, and why:
   are re-spread over the time left before the lookup's last useful moment (the last aimed
   a third of the answer margin before it: a driver that then wakes late does not lose it),
   so one loss burst or one stall at the receiver does not take them all; only when no time
-  is left do they leave together (a copy that leaves is a chance, a skipped one none). (Before the
-  pacer, a driver that woke late sent one datagram for all overdue copies: under CPU load
-  the lab's 20%-loss test lost a fifth of its copies, see docs/mslookup.md.)
+  is left do they leave together (a copy that leaves is a chance, a skipped one none).
+  (Before the pacer, a driver that woke late sent one datagram for all overdue copies:
+  under CPU load the lab's 20%-loss test lost a fifth of its copies, see docs/mslookup.md.)
 - **Re-sends that come too late are skipped.** A re-send that could not leave before its
   lookup's last useful moment (``window - margin``: an answer to it could not arrive in
   time) is dropped and counted in :attr:`Pacer.skipped`; a first copy is never dropped.
