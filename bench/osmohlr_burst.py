@@ -225,6 +225,7 @@ async def one_round(n: int, extra: dict[str, Any]) -> dict[str, Any]:
         "queries_sent": stats["queries_sent"], "resends_skipped": stats.get("resends_skipped"),
         "grace_periods": stats.get("grace_periods"),
         "waits_for_copies": stats.get("waits_for_copies"),
+        "waits_for_answers": stats.get("waits_for_answers"),
         "waits_extended": stats.get("waits_extended"),
         "rcvbuf_errors": snmp1["RcvbufErrors"] - snmp0["RcvbufErrors"],
         "socket_drops": sum(drops1.values()) - sum(drops0.values()),
@@ -269,7 +270,8 @@ def main() -> None:
                   f"rcvbuf {res['rcvbuf_errors']}, at OsmoHLRs "
                   f"{res['drops_at_osmohlr_sockets']}, at ours {res['drops_at_our_socket']}; "
                   f"grace {res['grace_periods']}; lookups that waited for their copies "
-                  f"{res['waits_for_copies']}", flush=True)
+                  f"{res['waits_for_copies']}, for their answers {res['waits_for_answers']}",
+                  flush=True)
     all_ok = all(r["youngest"] == r["lookups"] for r in rounds)
     wall_ok = all(r["over_min_delay_s"] <= TARGET_SLACK for r in rounds)
     cpu_ok = all(r["cpu_us_per_lookup"] <= TARGET_CPU_US for r in rounds)

@@ -372,6 +372,69 @@ def test_a_lookup_that_waited_ends_once_its_last_copy_had_its_answers() -> None:
     assert max(ends.values()) < 2.0 < engine_module.WAIT_WINDOWS
 
 
+def _slow_link(young_answers: dict[str, range], rtt: float = 0.3
+               ) -> tuple[Drive, dict[str, tuple[float, Result]]]:
+    """Lookups at once, no bucket in the way (min_delay 1 s, 8 copies, the last at 0.8 s).
+    An OLD site (age 30) answers every copy 2 ms after it; a YOUNG one (age 5) sits behind
+    a slow link (``rtt``) and answers, of each lookup's copies, only those in
+    ``young_answers[msisdn]`` (the rest are lost). Answers echo each copy's id. The clock
+    moves in 1 ms steps. Returns the driver and, by MSISDN, when the final result came and
+    what it was."""
+    d = Drive(min_delay=1.0)
+    queries = [_query(int(m)) for m in young_answers]
+    for q in queries:
+        d.engine.start(q, 0.0, d.results.setdefault(q.id, []).append)
+    copies: dict[str, int] = {}
+    arrivals: list[tuple[float, bytes, str]] = []
+    ended: dict[str, tuple[float, Result]] = {}
+    now = 0.0
+    while len(d.engine) and now < 10.0:
+        for _at, data, source in [a for a in arrivals if a[0] <= now + 1e-9]:
+            d.engine.receive(data, source, now)
+        arrivals = [a for a in arrivals if a[0] > now + 1e-9]
+        for _flight, data in d.engine.due(now):
+            packet_id, q = decode_query(data)
+            copy = copies[q.id] = copies.get(q.id, -1) + 1
+            arrivals.append((now + 0.002, encode_answer(q, packet_id, 30,
+                                                        Endpoint("10.9.0.6", 5060)), "10.9.0.2"))
+            if copy in young_answers[q.id]:
+                arrivals.append((now + rtt, encode_answer(q, packet_id, 5,
+                                                          Endpoint("10.9.0.5", 5060)), "10.9.0.1"))
+        d.engine.advance(now)
+        for q in queries:
+            if d.results[q.id] and q.id not in ended:
+                ended[q.id] = (now, d.results[q.id][-1])
+        now = round(now + 0.001, 3)
+    return d, ended
+
+
+def test_on_a_slow_lossy_link_a_lookup_waits_for_its_last_copy_s_answers() -> None:
+    """The young village sits behind a link that loses datagrams and takes 0.3 s there and
+    back (a loaded wifi hop). Other lookups show both: its answers to their second copies
+    come 0.3 s after them, and their first copies went unanswered. One lookup's only young
+    answer is to its last copy, which leaves at 0.8 s and is answered at 1.1 s, after the
+    1 s deadline: the older village won it. The engine measures each copy's round trip by
+    its id (it measured only answers to a flight's latest copy, which on this link come
+    after the flight ended) and, where datagrams get lost, a lookup waits for its latest
+    copy's answers: twice the round trip seen, at most WAIT_WINDOWS windows."""
+    warm = {str(n): range(1, 8) for n in range(7100, 7104)}
+    d, ended = _slow_link({**warm, "7199": range(7, 8)})
+    at, result = ended["7199"]
+    assert (result.age, result.site) == (5, "10.9.0.1"), result
+    assert 1.1 <= at <= 0.8 + engine_module.ROUND_TRIP_HEADROOM * 0.3 + 0.01, at
+    assert d.engine.stats.waits_for_answers >= 1 and d.engine.stats.waits_for_copies == 0
+    assert all(r.age == 5 for _, r in ended.values())
+
+
+def test_on_a_slow_link_that_loses_nothing_no_lookup_waits() -> None:
+    """The same slow link losing nothing: the young village answers every copy, its first
+    0.3 s after it, well inside the window; the engine sees no loss and every lookup ends at
+    its deadline with the young village."""
+    d, ended = _slow_link({str(n): range(8) for n in range(7100, 7105)})
+    assert all(r.age == 5 and at == pytest.approx(1.0, abs=0.002) for at, r in ended.values())
+    assert d.engine.stats.waits_for_answers == 0
+
+
 def test_a_site_heard_once_per_flight_is_not_counted_as_losing_nothing() -> None:
     """Only the copies below the latest one a site answered are judged: that one was
     answered by choice. Counting it took a site that answered the second of two copies

@@ -132,6 +132,10 @@ class Stats:
     #: lookups that waited for re-sends the bucket held back, on a network that loses
     #: datagrams (docs/mslookup.md, "Pacing")
     waits_for_copies: int = 0
+    #: lookups that waited past their deadline for the answers to their latest copy, on a
+    #: network that loses datagrams where round trips take longer than the window leaves
+    #: them (a slow lossy link; docs/mslookup.md, "Pacing")
+    waits_for_answers: int = 0
     packets_received: int = 0
     queries_seen: int = 0
     answers_accepted: int = 0
@@ -251,7 +255,7 @@ class Lookup:
 
 
 class _Flight:
-    __slots__ = ("first_at", "handed", "lookups", "name", "query", "seen", "send_error",
+    __slots__ = ("first_at", "lookups", "name", "query", "seen", "send_error", "sent_at",
                  "sent_ok", "traced", "waited", "wire")
 
     def __init__(self, query: Query, name: bytes, wire: bytes) -> None:
@@ -267,7 +271,9 @@ class _Flight:
         # 2**64; on purpose only by whoever can send from that site's address, who could as
         # well send any answer.
         self.seen: list[tuple[int, str, Answer | None, int, int]] = []
-        self.handed = 0  # copies handed to the driver
+        # when each copy was handed to the driver (their number: the copies handed out);
+        # mostly one float object shared by every datagram of one wake-up
+        self.sent_at: list[float] = []
         self.first_at: float | None = None  # when the first copy was handed out
         self.sent_ok = 0  # ... and not reported failed
         self.send_error: str | None = None
@@ -319,7 +325,7 @@ class Engine:
         self._trust_mark = (now, 0, 0)
         self._delay = 0.0  # the slowest answer seen lately (from its flight's first copy)...
         self._delay_at = now  # ... as of then
-        self._rtt = 0.0  # the slowest round trip of a flight's latest copy seen lately...
+        self._rtt = 0.0  # the slowest round trip of a copy seen lately (by its id)...
         self._rtt_at = now  # ... as of then
         # by site: (answers missing, answers owed, as of then), lately (decayed), of the
         # sites that answered; the oldest goes first when the table is full
@@ -405,7 +411,7 @@ class Engine:
         # which copy it answers (its id); the rest of it is the answer, the same for all
         wire = flight.wire
         copy = ((data[0] << 8 | data[1]) - (wire[0] << 8 | wire[1])) & 0xFFFF
-        bit = 1 << copy if copy < flight.handed else 0
+        bit = 1 << copy if copy < len(flight.sent_at) else 0
         digest = hash(data[2:])
         seen_list = flight.seen
         site_at = -1  # the site's first entry: it keeps the copies the site answered
@@ -476,10 +482,11 @@ class Engine:
         for key, wire in pacer.due(now, self._first_copy_left, self._late_copy):
             flight = key
             assert isinstance(flight, _Flight)
-            copy = flight.handed
+            sent_at = flight.sent_at
+            copy = len(sent_at)
             if copy:  # each copy its own id: the answers then tell which copies were lost
                 wire = _ID.pack(((wire[0] << 8 | wire[1]) + copy) & 0xFFFF) + wire[2:]
-            flight.handed = copy + 1
+            sent_at.append(now)
             flight.sent_ok += 1
             out.append((flight, wire))
             if flight.waited and not pacer.pending(flight):
@@ -506,7 +513,7 @@ class Engine:
                 continue  # moved or ended since
             lookup.due_at = None
             flight = lookup.flight
-            if flight is not None and flight.handed == 0:
+            if flight is not None and not flight.sent_at:
                 continue  # not asked yet (the pacer holds it): armed when its copy leaves
             if flight is not None and self._extend(lookup, flight, now):
                 continue  # sites answer slowly now: it waits for them
@@ -734,10 +741,11 @@ class Engine:
         if now - self._rtt_at > 0.1:  # forget, with the half-life, every tenth of a second
             self._rtt = self._round_trip(now)
             self._rtt_at = now
-        if bit.bit_length() == flight.handed:  # an answer to the latest copy: a round trip
-            last = self._pacer.last_sent(flight)
-            if last is not None and now - last > self._rtt:
-                self._rtt = now - last
+        # that copy's round trip (its id says which copy, sent_at when it left): a site on a
+        # slow link answers a copy after later ones left, and must still be measured
+        rtt = now - flight.sent_at[bit.bit_length() - 1]
+        if rtt > self._rtt:
+            self._rtt = rtt
         # judged: the copies below the latest one the site answered (that one was answered
         # by choice: counting it would take a site heard once per flight, as in a burst
         # where the bucket let one copy leave, for one that loses nothing)
@@ -765,8 +773,8 @@ class Engine:
             self._lossy_sites.pop(site, None)
 
     def _round_trip(self, now: float) -> float:
-        """The slowest round trip seen lately, from a flight's latest copy leaving to a
-        site's answer to that copy (by its id), halved every DELAY_HALF_LIFE."""
+        """The slowest round trip seen lately, from a copy leaving to a site's answer to that
+        copy (by its id), halved every DELAY_HALF_LIFE."""
         return _decayed(self._rtt, self._rtt_at, now, DELAY_HALF_LIFE)
 
     def _answer_wait(self, now: float) -> float:
@@ -810,12 +818,14 @@ class Engine:
         return cap
 
     def _wait_for_copies(self, lookup: Lookup, flight: _Flight, now: float) -> bool:
-        """At a deadline of a lookup whose re-sends the bucket still holds, on a network
-        that loses datagrams: it waits for them, until WAIT_WINDOWS windows after its first
+        """At a deadline of a lookup on a network that loses datagrams: if the bucket still
+        holds its re-sends, it waits for them, until WAIT_WINDOWS windows after its first
         copy at most (:meth:`_copies_left` ends the wait sooner, once the last has left and
-        its answers had time). True if the deadline moved."""
+        its answers had time); if its latest copy left too recently for the round trips
+        seen lately, it waits for that copy's answers (a slow lossy link: the only answer
+        of the youngest site may be on the way). True if the deadline moved."""
         first = flight.first_at
-        if first is None:
+        if first is None or not flight.sent_at:
             return False
         selection = lookup.selection
         window = selection.timing.window
@@ -823,17 +833,21 @@ class Engine:
             if not (flight.waited or self._lossy(now)):
                 return False  # nothing gets lost: the answers are in already
             end = self._keep_copies(flight, first, window)
-        elif flight.waited and (last := self._pacer.last_sent(flight)) is not None:
-            # a re-send kept past the old cut-off may have left just now: its answers
-            end = min(first + WAIT_WINDOWS * window, last + self._answer_wait(now))
+        elif flight.waited or self._lossy(now):
+            # the latest copy (a re-send kept past the old cut-off, or one on time on a slow
+            # link) may have left just now: its answers
+            end = min(first + WAIT_WINDOWS * window, flight.sent_at[-1] + self._answer_wait(now))
         else:
-            return False
+            return False  # nothing gets lost: the first copy's answers are in already
         shift = end - (selection.start + window)
         if shift <= lookup.shift + GRID / 2:
             return False
         if not lookup.waited:
             lookup.waited = True
-            self.stats.waits_for_copies += 1
+            if flight.waited:
+                self.stats.waits_for_copies += 1
+            else:
+                self.stats.waits_for_answers += 1
         lookup.shift = shift
         self._arm(lookup)
         return True

@@ -285,11 +285,6 @@ class Pacer:
         leave: its caller moved the flight's end far enough."""
         return on_late is not None and on_late(plan.key, now) and when <= plan.latest
 
-    def last_sent(self, key: Hashable) -> float | None:
-        """When the last copy of flight ``key`` was handed out (None: none yet)."""
-        plan = self._plans.get(key)
-        return None if plan is None else plan.last
-
     def pending(self, key: Hashable) -> int:
         """Copies of flight ``key`` planned and neither sent nor skipped yet."""
         plan = self._plans.get(key)
