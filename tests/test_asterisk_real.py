@@ -31,7 +31,7 @@ from dgsm_integrations.lab.pbx import PbxCall
 from dgsm_integrations.lab.services import FASTAGI_PORT, MSC_SIP, Services
 from dgsm_integrations.lab.sip import CallResult, call
 
-from .peers import require_binary, require_sid_root
+from .peers import AGE_GAP, require_binary, require_sid_root
 
 pytestmark = [pytest.mark.asterisk, pytest.mark.slow]
 
@@ -99,12 +99,12 @@ def net(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Net]:
 def alice(net: Net) -> str:
     """Known to two villages' HLRs, A's and C's (measured: a roamer is answered for only by
     the village she is at, so two answers need two records). She attached at A, then a second
-    later at C, and a second after that the test starts: C's record (age >= 1) is younger
+    later at C (AGE_GAP), and a second after that the test starts: C's record (age >= 1) is younger
     than A's (>= 2), and no answer has age 0, so every lookup waits for both."""
     imsi, msisdn = net.subscriber("A")
     net.lab["C"].provision(imsi, msisdn)
     net.lab["A"].attach(imsi)
-    time.sleep(1.1)  # ages are whole seconds: A's record must be older than C's
+    time.sleep(AGE_GAP)  # ages are whole seconds: A's record must be older than C's
     net.lab["C"].attach(imsi)
     time.sleep(1.1)  # and C's not 0, which would end a lookup before A's answer came
     return msisdn

@@ -26,7 +26,7 @@ import math
 import subprocess
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -37,9 +37,9 @@ from dgsm_integrations.lab.netns import LabError
 from dgsm_integrations.lab.network import Lab, Village
 from dgsm_integrations.lab.phone import LabPhone, SmsResult
 from dgsm_integrations.lab.services import Services
-from dgsm_integrations.mslookup import AsyncResolver, Outcome, Result
+from dgsm_integrations.mslookup import AnswerTrace, AsyncResolver, Outcome, Result
 
-from .peers import generations, require_binary, require_generation
+from .peers import AGE_GAP, generations, require_binary, require_generation
 
 # the lab: namespaces, real Osmocom programs, real time
 pytestmark = pytest.mark.slow
@@ -99,7 +99,7 @@ def test_roaming_lu_is_proxied_home_and_every_village_finds_the_roamer(lab: Lab)
 def test_second_lu_elsewhere_the_younger_record_wins(lab: Lab) -> None:
     imsi, msisdn = new_subscriber(lab)
     lab["C"].attach(imsi)
-    time.sleep(1.1)  # C's record must be at least a second old (ages are whole seconds)
+    time.sleep(AGE_GAP)  # C's record must be older (ages are whole seconds: AGE_GAP)
     t_lu = time.time()
     lab["B"].attach(imsi)
     for v in lab:
@@ -119,7 +119,7 @@ def test_flapping_between_two_villages_every_lookup_returns_the_latest(lab: Lab)
         lab[here].attach(imsi)
         (sip,) = lookup(lab["A"], f"sip.voice.{msisdn}.msisdn")
         assert where(lab, sip) == here, (here, sip)
-        time.sleep(1.1)  # the record just made must age before the next move
+        time.sleep(AGE_GAP)  # the record just made must age before the next move
 
 
 def test_link_cut_others_keep_working_cut_village_not_found_then_back(lab: Lab) -> None:
@@ -171,6 +171,64 @@ def test_twenty_percent_loss_on_a_village_link(lab: Lab) -> None:
         lab.lossy("C", 0)
     assert total == 1000
     assert found / total >= 0.985, f"found {found}/{total} at 20% loss"
+
+
+def test_a_burst_over_a_lossy_link_still_finds_the_younger_village(lab: Lab) -> None:
+    """A bulk SMS: 400 lookups at once from A, each subscriber attached at C and then at B,
+    whose link loses 20% each way. C (older) answers every copy; B (younger) answers a copy
+    with probability 0.64. In its 0.3 s window the bucket (5,000/s) lets about 3 of each
+    lookup's 8 copies leave: B missed by all of them 3-4% of the time, and the lookup went
+    to C, the wrong village (issue 13). The engine sees the loss (B answers later copies of
+    queries whose earlier ones it did not) and lookups wait for their re-sends: with 8
+    copies, 0.1 of 400 is expected to miss B. At most 2 may.
+
+    The records are more than 2 s apart. OsmoHLR counts ages in whole wall-clock seconds
+    when the query reaches it, and B's first answer heard may be to a later copy (the
+    earlier ones lost), counted after a second began that C's first answer was counted
+    before. With records 1.1-2 s apart the two ages then tie, and the first answer (C's)
+    wins: that failed this test in about one full run in seventeen, and showed on a slow
+    link (docs/lab.md). At more than 2 s a tie takes two new seconds between the two
+    answers; these lookups last under one. A failure says, for the first lookups that went
+    wrong, when each LU was answered and every answer heard (site, age, when)."""
+    subs = [new_subscriber(lab) for _ in range(400)]
+    at_c: dict[str, float] = {}
+    for imsi, msisdn in subs:
+        lab["C"].attach(imsi)
+        at_c[msisdn] = time.time()
+    time.sleep(AGE_GAP)  # whole-second ages: C's records more than 2 s older, see above
+    at_b: dict[str, float] = {}
+    for imsi, msisdn in subs:
+        lab["B"].attach(imsi)
+        at_b[msisdn] = time.time()
+    heard: dict[str, list[str]] = {m: [] for _, m in subs}
+
+    def tracer(msisdn: str) -> Callable[[AnswerTrace], None]:
+        def trace(t: AnswerTrace) -> None:
+            heard[msisdn].append(f"{lab.site_of(t.site)}/{t.age}@{t.elapsed:.3f}")
+        return trace
+
+    async def body() -> list[Result]:
+        resolver = AsyncResolver(interface=lab["A"].addr, min_delay=MIN_DELAY)
+        try:
+            return list(await asyncio.gather(*(resolver.resolve(
+                f"sip.voice.{m}.msisdn", on_answer=tracer(m)) for _, m in subs)))
+        finally:
+            await resolver.close()
+    lab.lossy("B", 20)
+    try:
+        t0 = time.time()
+        results = lab["A"].loop.run(body())
+        t1 = time.time()
+    finally:
+        lab.lossy("B", 0)
+    places = [where(lab, r) for r in results]
+    wrong = [f"{m}: LU at C {at_c[m] - t0:+.2f} s, at B {at_b[m] - t0:+.2f} s, won: "
+             f"{p} age {r.age}, heard {' '.join(heard[m][:12])}"
+             for (_, m), r, p in zip(subs, results, places, strict=True) if p != "B"]
+    report = f"lookups {t1 - t0:.2f} s; " + "; ".join(wrong[:6])
+    assert places.count(None) == 0, report
+    assert places.count("C") <= 2, f"{places.count('C')} of 400 went to the older village; " \
+        + report
 
 
 def test_lab_leaves_nothing_behind_even_when_the_body_fails(tmp_path: Path,
@@ -259,7 +317,7 @@ def test_calls_and_sms_through_each_integration_land_where_the_callee_is(
     assert (res.acked, res.cause) == (True, None)
     got = alice.receive_sms(wait=10)
     assert (got.text, got.sender, got.dcs) == ("to the roamer", bob[1], 0x00)
-    time.sleep(1.1)  # C's record must be older than the next one
+    time.sleep(AGE_GAP)  # C's record must be older than the next one
     home = services.phone("A", imsi)
     services.attach_phone(home)  # back home
     c = services.asterisk_call(msisdn)

@@ -23,7 +23,7 @@ from dgsm_integrations.lab.network import Lab
 from dgsm_integrations.lab.phone import LabPhone, PhoneError, concat_udh, gsm7_septets
 from dgsm_integrations.lab.services import Services
 
-from .peers import generations, require_binary, require_generation
+from .peers import AGE_GAP, generations, require_binary, require_generation
 
 pytestmark = [pytest.mark.slow]
 
@@ -147,7 +147,7 @@ def test_cut_link_rp_error_within_osmo_msc_budget(net: Net) -> None:
 def test_recipient_moves_home_mid_conversation_next_sms_follows_her(net: Net) -> None:
     assert send(net, "at C?")[:2] == (True, None)
     assert net.alice.receive_sms(wait=10).text == "at C?"
-    time.sleep(1.1)  # OsmoHLR ages in whole seconds: C's record must be older than A's
+    time.sleep(AGE_GAP)  # OsmoHLR ages in whole seconds: C's record must be older than A's
     home = net.s.phone("A", ALICE[0])
     net.s.attach_phone(home)
     found, _ = net.s.lookup(f"smpp.sms.{ALICE[1]}.msisdn", at="B")
@@ -156,7 +156,7 @@ def test_recipient_moves_home_mid_conversation_next_sms_follows_her(net: Net) ->
     got = home.receive_sms(wait=10)
     assert (got.text, got.sender) == ("welcome home", BOB[1])
     # and back to C: the phone there attaches again (a normal LU), the SMS follow
-    time.sleep(1.1)
+    time.sleep(AGE_GAP)
     net.s.attach_phone(net.alice)
     assert send(net, "back at C")[:2] == (True, None)
     assert net.alice.receive_sms(wait=10).text == "back at C"

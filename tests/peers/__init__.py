@@ -24,6 +24,7 @@ from _pytest.mark.structures import ParameterSet
 from dgsm_integrations.lab.distro import DEFAULT_SID_ROOT, HOST, Distro, available, sid_root
 
 __all__ = [
+    "AGE_GAP",
     "DEBIAN_PACKAGES",
     "GENERATIONS",
     "generations",
@@ -47,6 +48,14 @@ _PROGRAM = {"osmo-hlr": "osmo-hlr", "osmo-mslookup-utils": "osmo-mslookup-client
             "osmo-msc": "osmo-msc", "osmo-stp": "osmo-stp"}
 #: The Osmocom generations every real-peer test runs against: Debian 12's, Debian sid's.
 GENERATIONS = ("host", "sid")
+#: Seconds between two Location Updatings whose records must not tie. OsmoHLR stores the LU
+#: time in whole wall-clock seconds and counts the age when a query reaches it, so two
+#: records 1.1 s apart have ages 1 apart counted at one moment, but equal if the younger
+#: site counts after a new second began that the older one counted before (its query came
+#: later, its earlier copies were lost, or it was busy); on a tie the first answer wins,
+#: and that may be the older site's. More than 2 s apart, a tie takes two new seconds
+#: between the two sites' answers, longer than these tests' lookups last.
+AGE_GAP = 2.1
 
 
 def missing_peer(reason: str) -> NoReturn:
