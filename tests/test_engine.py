@@ -435,6 +435,61 @@ def test_on_a_slow_link_that_loses_nothing_no_lookup_waits() -> None:
     assert d.engine.stats.waits_for_answers == 0
 
 
+class _Collect:
+    """A Reporter that keeps the warnings."""
+
+    def __init__(self) -> None:
+        self.warnings: list[tuple[str, str]] = []
+
+    def warning(self, kind: str, msg: str, *args: object) -> object:
+        self.warnings.append((kind, msg % args))
+        return None
+
+    def debug(self, kind: str, msg: str, *args: object) -> object:
+        return None
+
+    def once(self, msg: str, *args: object) -> object:
+        return None
+
+
+def _queued_answer(delay: float) -> list[tuple[str, str]]:
+    """A site answers one lookup's first copy 2 ms after it (its round trip without a
+    queue); of a second lookup it answers only the second copy, ``delay`` after it (the
+    first lost). Returns the engine's warnings."""
+    report = _Collect()
+    d = Drive(min_delay=1.0)
+    d.engine = Engine(Settings.of(min_delay=1.0), now=0.0, report=report)
+    site = "10.9.0.7"
+    one, two = _query(5201), _query(5202)
+    d.start(one, 0.0)
+    (pid, _), = [decode_query(data) for _, data in d.sent]
+    d.engine.receive(encode_answer(one, pid, 5, Endpoint(site, 5060)), site, 0.002)
+    d.start(two, 0.01)
+    d.run_until(0.2)
+    second = [(t, decode_query(data)[0]) for t, data in d.sent
+              if decode_query(data)[1] == two][1]
+    d.engine.receive(encode_answer(two, second[1], 5, Endpoint(site, 5060)), site,
+                     second[0] + delay)
+    assert d.engine._lossy(second[0] + delay)
+    return report.warnings
+
+
+def test_a_lossy_site_behind_a_filling_queue_is_reported() -> None:
+    """A thin link queues a burst's queries and drops what does not fit: its site answers
+    far later than its fastest round trip lately, and datagrams go missing. The engine says
+    so, naming the site and what to change (it does not slow down by itself: a cut rate
+    gives every lookup fewer copies where the loss is not caused by the queue; measured in
+    bench/thin_link.py and bench/loss_osmohlr.py, docs/mslookup.md "A thin link")."""
+    warnings = _queued_answer(0.25)
+    assert [k for k, _ in warnings] == ["link queues"], warnings
+    assert "10.9.0.7" in warnings[0][1] and "send_rate" in warnings[0][1]
+    assert "248 ms later" in warnings[0][1], warnings
+
+
+def test_a_lossy_site_without_a_queue_is_not_reported() -> None:
+    assert _queued_answer(0.01) == []
+
+
 def test_a_site_heard_once_per_flight_is_not_counted_as_losing_nothing() -> None:
     """Only the copies below the latest one a site answered are judged: that one was
     answered by choice. Counting it took a site that answered the second of two copies

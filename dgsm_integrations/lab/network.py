@@ -256,6 +256,23 @@ class Lab:
         self._backhaul().run(["ip", "link", "set", v.link, "up"])
         v.cut = False
 
+    def thin(self, name: str, kbit: int | None, queue_ms: int = 150) -> None:
+        """Make the village's link carry at most ``kbit`` kbit/s each way, queueing up to
+        ``queue_ms`` ms (what does not fit is dropped: a thin, bufferbloated wifi hop);
+        None makes it whole again. Linux's tbf qdisc on both ends of the link."""
+        if kbit is not None and not 8 <= kbit <= 10_000_000:
+            raise LabError(f"link rate must be 8-10000000 kbit/s, not {kbit}")
+        if not 1 <= queue_ms <= 10_000:
+            raise LabError(f"queue must be 1-10000 ms, not {queue_ms}")
+        v = self[name]
+        tc = need("tc", "iproute2")
+        ends = ((v.ns, "eth0"), (self._backhaul(), v.link))
+        for ns, dev in ends:
+            ns.run([tc, "qdisc", "del", "dev", dev, "root"], check=False)
+            if kbit is not None:
+                ns.run([tc, "qdisc", "add", "dev", dev, "root", "tbf", "rate", f"{kbit}kbit",
+                        "burst", "4kb", "latency", f"{queue_ms}ms"])
+
     def lossy(self, name: str, percent: int) -> None:
         """Drop ``percent`` % of the packets into and out of the village, at random."""
         if not 0 <= percent <= 100:

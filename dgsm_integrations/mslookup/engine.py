@@ -84,6 +84,12 @@ ANSWER_MIN_WAIT = 0.05
 #: forgotten once less than LOSS_MIN_OWED answers' worth of what it owed is left.
 LOSS_HALF_LIFE = 10.0
 LOSS_MIN_OWED = 1.0
+#: A site that loses datagrams and answers this much (seconds) later than its fastest round
+#: trip lately (restarted every QUEUE_BASE_MEMORY s) sits behind a queue that fills: a link
+#: thinner than the bursts need. The engine says so (rate-limited); it does not slow down
+#: by itself (docs/mslookup.md, "A thin link").
+QUEUE_DELAY = 0.1
+QUEUE_BASE_MEMORY = 60.0
 
 # verdicts remembered per distinct answer
 _OK, _MALFORMED, _UNTRUSTED, _UNUSABLE = range(4)
@@ -331,6 +337,8 @@ class Engine:
         # sites that answered; the oldest goes first when the table is full
         self._loss: dict[str, list[float]] = {}
         self._lossy_sites: dict[str, None] = {}  # where the share missing >= LOSS_TO_WAIT
+        # by site: (fastest round trip since, since): the round trip without a queue
+        self._base_rtt: dict[str, tuple[float, float]] = {}
 
     def __len__(self) -> int:
         """Flights in progress."""
@@ -767,8 +775,21 @@ class Engine:
                                    _decayed(known[1], known[2], now, LOSS_HALF_LIFE), now]
         site_lost = known[0] = max(0.0, known[0] + lost)
         site_owed = known[1] = known[1] + owed
+        base = self._base_rtt.get(site)
+        if base is None or rtt < base[0] or now - base[1] > QUEUE_BASE_MEMORY:
+            if base is None and len(self._base_rtt) >= _MAX_SOURCES:
+                self._base_rtt.clear()
+            self._base_rtt[site] = base = (rtt, now)
         if site_lost >= LOSS_TO_WAIT * site_owed and site_lost > 0:
             self._lossy_sites[site] = None
+            if rtt - base[0] > QUEUE_DELAY:
+                self._report.warning(
+                    "link queues", "mslookup: answers from %s come %.0f ms later than its "
+                    "fastest (%.0f ms) and %.0f%% of what it owed lately went missing: a queue "
+                    "on the way fills. If lookups in bursts (a bulk SMS) go to the wrong site, "
+                    "the link is thinner than send_rate needs: lower send_rate "
+                    "(docs/mslookup.md, \"A thin link\")", site, (rtt - base[0]) * 1000,
+                    base[0] * 1000, 100 * site_lost / max(site_owed, 1.0))
         elif self._lossy_sites:
             self._lossy_sites.pop(site, None)
 
