@@ -231,6 +231,27 @@ def test_a_burst_over_a_lossy_link_still_finds_the_younger_village(lab: Lab) -> 
         + report
 
 
+def test_a_thin_link_is_shaped_on_both_ends_and_made_whole_again(lab: Lab) -> None:
+    """``lab.thin`` puts a tbf qdisc on the village's end of its link and on the bridge's;
+    None takes both away; a rate or queue out of range is refused before anything changes."""
+    def qdiscs() -> list[str]:
+        mine = lab["B"].ns.run(["tc", "qdisc", "show", "dev", "eth0"]).stdout
+        bridge = lab.backhaul.run(["tc", "qdisc", "show", "dev", lab["B"].link]).stdout \
+            if lab.backhaul is not None else ""
+        return [mine, bridge]
+    lab.thin("B", 2000, 150)
+    try:
+        assert all("tbf" in q and "rate 2Mbit" in q for q in qdiscs()), qdiscs()
+        with pytest.raises(LabError, match="link rate"):
+            lab.thin("B", 0)
+        with pytest.raises(LabError, match="queue"):
+            lab.thin("B", 2000, 0)
+        assert all("tbf" in q for q in qdiscs())  # a refused change changed nothing
+    finally:
+        lab.thin("B", None)
+    assert not any("tbf" in q for q in qdiscs()), qdiscs()
+
+
 def test_lab_leaves_nothing_behind_even_when_the_body_fails(tmp_path: Path,
                                                             hlr_distro: Distro) -> None:
     pids: list[int] = []
