@@ -11,6 +11,7 @@ import ast
 import itertools
 import socket
 import struct
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -274,6 +275,36 @@ def test_one_site_is_one_string_in_every_flight_and_the_table_is_bounded() -> No
     assert d.results[qa.id][0].age == 3 and d.results[qb.id][0].age == 3
 
 
+Arrival = tuple[float, bytes, str]
+
+
+def _simulate(d: Drive, queries: list[Query],
+              on_copy: Callable[[float, int, Query, int], list[Arrival]]
+              ) -> dict[str, float]:
+    """Run the engine on a clock that moves in 1 ms steps, until every lookup ended (10 s at
+    most). Each copy handed out goes to ``on_copy(now, packet id, query, copy number)``,
+    which returns the answers it brings, as (arrival time, datagram, sender). Returns when
+    each lookup's final result came, by id."""
+    ended: dict[str, float] = {}
+    copies: dict[str, int] = {}
+    arrivals: list[Arrival] = []
+    now = 0.0
+    while len(d.engine) and now < 10.0:
+        for _at, data, source in [a for a in arrivals if a[0] <= now + 1e-9]:
+            d.engine.receive(data, source, now)
+        arrivals = [a for a in arrivals if a[0] > now + 1e-9]
+        for _flight, data in d.engine.due(now):
+            packet_id, q = decode_query(data)
+            copy = copies[q.id] = copies.get(q.id, -1) + 1
+            arrivals.extend(on_copy(now, packet_id, q, copy))
+        d.engine.advance(now)
+        for q in queries:
+            if d.results[q.id] and q.id not in ended:
+                ended[q.id] = now
+        now = round(now + 0.001, 3)
+    return ended
+
+
 def _burst_behind_a_bucket(young_misses: int, young_delay: float = 0.004,
                            send_rate: int = 40, last: dict[str, float] | None = None,
                            clean_sites: int = 0
@@ -291,34 +322,22 @@ def _burst_behind_a_bucket(young_misses: int, young_delay: float = 0.004,
     for q in queries:
         d.engine.start(q, 0.0, d.results.setdefault(q.id, []).append)
     left: dict[str, float] = {}
-    ended: dict[str, float] = {}
-    copies: dict[str, int] = {}
-    arrivals: list[tuple[float, bytes, str]] = []
-    now = 0.0
-    while len(d.engine) and now < 10.0:
-        for _at, data, source in [a for a in arrivals if a[0] <= now + 1e-9]:
-            d.engine.receive(data, source, now)
-        arrivals = [a for a in arrivals if a[0] > now + 1e-9]
-        for _flight, data in d.engine.due(now):
-            packet_id, q = decode_query(data)
-            left.setdefault(q.id, now)
-            if last is not None:
-                last[q.id] = now
-            copies[q.id] = copies.get(q.id, 0) + 1
-            arrivals.append((now + 0.002, encode_answer(q, packet_id, 30,
-                                                        Endpoint("10.9.0.6", 5060)), "10.9.0.2"))
-            for k in range(clean_sites):
-                arrivals.append((now + 0.002, encode_answer(
-                    q, packet_id, 40 + k, Endpoint(f"10.9.1.{k + 1}", 5060)), f"10.9.1.{k + 1}"))
-            if copies[q.id] > young_misses:
-                arrivals.append((now + young_delay, encode_answer(q, packet_id, 5,
-                                                            Endpoint("10.9.0.5", 5060)),
-                                 "10.9.0.1"))
-        d.engine.advance(now)
-        for q in queries:
-            if d.results[q.id] and q.id not in ended:
-                ended[q.id] = now
-        now = round(now + 0.001, 3)
+
+    def on_copy(now: float, packet_id: int, q: Query, copy: int) -> list[Arrival]:
+        left.setdefault(q.id, now)
+        if last is not None:
+            last[q.id] = now
+        out = [(now + 0.002, encode_answer(q, packet_id, 30, Endpoint("10.9.0.6", 5060)),
+                "10.9.0.2")]
+        out += [(now + 0.002, encode_answer(q, packet_id, 40 + k,
+                                            Endpoint(f"10.9.1.{k + 1}", 5060)),
+                 f"10.9.1.{k + 1}") for k in range(clean_sites)]
+        if copy >= young_misses:
+            out.append((now + young_delay, encode_answer(q, packet_id, 5,
+                                                         Endpoint("10.9.0.5", 5060)),
+                        "10.9.0.1"))
+        return out
+    ended = _simulate(d, queries, on_copy)
     return d, [(left[q.id], ended[q.id], d.results[q.id][-1]) for q in queries]
 
 
@@ -384,28 +403,16 @@ def _slow_link(young_answers: dict[str, range], rtt: float = 0.3
     queries = [_query(int(m)) for m in young_answers]
     for q in queries:
         d.engine.start(q, 0.0, d.results.setdefault(q.id, []).append)
-    copies: dict[str, int] = {}
-    arrivals: list[tuple[float, bytes, str]] = []
-    ended: dict[str, tuple[float, Result]] = {}
-    now = 0.0
-    while len(d.engine) and now < 10.0:
-        for _at, data, source in [a for a in arrivals if a[0] <= now + 1e-9]:
-            d.engine.receive(data, source, now)
-        arrivals = [a for a in arrivals if a[0] > now + 1e-9]
-        for _flight, data in d.engine.due(now):
-            packet_id, q = decode_query(data)
-            copy = copies[q.id] = copies.get(q.id, -1) + 1
-            arrivals.append((now + 0.002, encode_answer(q, packet_id, 30,
-                                                        Endpoint("10.9.0.6", 5060)), "10.9.0.2"))
-            if copy in young_answers[q.id]:
-                arrivals.append((now + rtt, encode_answer(q, packet_id, 5,
-                                                          Endpoint("10.9.0.5", 5060)), "10.9.0.1"))
-        d.engine.advance(now)
-        for q in queries:
-            if d.results[q.id] and q.id not in ended:
-                ended[q.id] = (now, d.results[q.id][-1])
-        now = round(now + 0.001, 3)
-    return d, ended
+
+    def on_copy(now: float, packet_id: int, q: Query, copy: int) -> list[Arrival]:
+        out = [(now + 0.002, encode_answer(q, packet_id, 30, Endpoint("10.9.0.6", 5060)),
+                "10.9.0.2")]
+        if copy in young_answers[q.id]:
+            out.append((now + rtt, encode_answer(q, packet_id, 5, Endpoint("10.9.0.5", 5060)),
+                        "10.9.0.1"))
+        return out
+    ended = _simulate(d, queries, on_copy)
+    return d, {q.id: (ended[q.id], d.results[q.id][-1]) for q in queries}
 
 
 def test_on_a_slow_lossy_link_a_lookup_waits_for_its_last_copy_s_answers() -> None:
