@@ -69,14 +69,15 @@ def _burst(lab: Lab, msisdns: list[str], send_rate: float, min_delay: float
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--lookups", type=int, default=400)
+    ap.add_argument("--lookups", type=int, default=400, help="at once, each round")
     ap.add_argument("--rounds", type=int, default=2)
-    ap.add_argument("--kbit", type=int, default=2000, help="B's link, each way")
-    ap.add_argument("--queue-ms", type=int, default=150)
+    ap.add_argument("--kbit", type=int, default=2000, help="B's link, kbit/s each way")
+    ap.add_argument("--queue-ms", type=int, default=150, help="B's link's queue (tc tbf)")
     ap.add_argument("--loss", type=int, default=20, help="%% each way on B's link")
     ap.add_argument("--gap", type=float, default=4.1,
                     help="seconds between the LUs at C and at B")
-    ap.add_argument("--links", nargs="+", choices=("thin", "whole"), default=["thin", "whole"])
+    ap.add_argument("--links", nargs="+", choices=("thin", "whole"), default=["thin", "whole"],
+                    help="thin: lossy and shaped; whole: lossy only (the peer)")
     ap.add_argument("--configs", nargs="+", default=["5000:1.0", "1000:1.0", "5000:0.3"],
                     metavar="RATE:MIN_DELAY")
     args = ap.parse_args()
@@ -86,6 +87,11 @@ def main() -> None:
         configs = [(float(r), float(d)) for r, d in (c.split(":") for c in args.configs)]
     except ValueError:
         ap.error("--configs takes RATE:MIN_DELAY pairs, e.g. 5000:1.0")
+    if not all(10 <= r <= 100_000 and 0 < d <= 10 for r, d in configs):
+        ap.error("--configs: send_rate 10-100000 datagrams/s, min_delay above 0 and up to 10 s")
+    if not (8 <= args.kbit <= 10_000_000 and 1 <= args.queue_ms <= 10_000
+            and 0 <= args.loss <= 100 and 0 <= args.gap <= 60):
+        ap.error("--kbit 8-10000000, --queue-ms 1-10000, --loss 0-100, --gap 0-60")
     enter_private_netns(__file__)
     serial = itertools.count(1)
     rows = []
