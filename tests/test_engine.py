@@ -19,7 +19,7 @@ import pytest
 from dgsm_integrations.mslookup import Endpoint, Outcome, Query, Result, wire
 from dgsm_integrations.mslookup import engine as engine_module
 from dgsm_integrations.mslookup.blocking import Resolver
-from dgsm_integrations.mslookup.engine import Engine, Settings
+from dgsm_integrations.mslookup.engine import Engine, Reporter, Settings
 from dgsm_integrations.mslookup.wire import decode_query, encode_answer
 
 from .conftest import LO
@@ -78,8 +78,9 @@ def _answer(query: Query, age: int, host: str = "10.9.0.5", port: int = 5060) ->
 class Drive:
     """A driver with no socket: what the engine sends is kept, results are collected."""
 
-    def __init__(self, **settings: object) -> None:
-        self.engine = Engine(Settings.of(**settings), now=0.0)  # type: ignore[arg-type]
+    def __init__(self, report: Reporter | None = None, **settings: object) -> None:
+        self.engine = Engine(Settings.of(**settings), now=0.0,  # type: ignore[arg-type]
+                             report=report)
         self.sent: list[tuple[float, bytes]] = []
         self.results: dict[str, list[Result]] = {}
 
@@ -464,8 +465,7 @@ def _queued_answer(delay: float) -> list[tuple[str, str]]:
     queue); of a second lookup it answers only the second copy, ``delay`` after it (the
     first lost). Returns the engine's warnings."""
     report = _Collect()
-    d = Drive(min_delay=1.0)
-    d.engine = Engine(Settings.of(min_delay=1.0), now=0.0, report=report)
+    d = Drive(report, min_delay=1.0)
     site = "10.9.0.7"
     one, two = _query(5201), _query(5202)
     d.start(one, 0.0)

@@ -333,12 +333,11 @@ class Engine:
         self._delay_at = now  # ... as of then
         self._rtt = 0.0  # the slowest round trip of a copy seen lately (by its id)...
         self._rtt_at = now  # ... as of then
-        # by site: (answers missing, answers owed, as of then), lately (decayed), of the
-        # sites that answered; the oldest goes first when the table is full
+        # by site: [answers missing, answers owed, as of then] lately (decayed), and [its
+        # fastest round trip since, since] (the round trip without a queue), of the sites
+        # that answered; the oldest goes first when the table is full
         self._loss: dict[str, list[float]] = {}
         self._lossy_sites: dict[str, None] = {}  # where the share missing >= LOSS_TO_WAIT
-        # by site: (fastest round trip since, since): the round trip without a queue
-        self._base_rtt: dict[str, tuple[float, float]] = {}
 
     def __len__(self) -> int:
         """Flights in progress."""
@@ -723,10 +722,10 @@ class Engine:
         None), forgotten with a half-life of LOSS_HALF_LIFE: for inspection (the engine
         itself decides on :meth:`_lossy`, which keeps the lossy sites apart)."""
         lost = owed = 0.0
-        for host, (site_lost, site_owed, at) in self._loss.items():
+        for host, known in self._loss.items():
             if site is None or host == site:
-                lost += _decayed(site_lost, at, now, LOSS_HALF_LIFE)
-                owed += _decayed(site_owed, at, now, LOSS_HALF_LIFE)
+                lost += _decayed(known[0], known[2], now, LOSS_HALF_LIFE)
+                owed += _decayed(known[1], known[2], now, LOSS_HALF_LIFE)
         return lost, owed
 
     def _heard(self, flight: _Flight, seen: list[tuple[int, str, Answer | None, int, int]],
@@ -768,30 +767,32 @@ class Engine:
                 oldest = next(iter(table))
                 del table[oldest]
                 self._lossy_sites.pop(oldest, None)
-            known = table[site] = [0.0, 0.0, now]
+            known = table[site] = [0.0, 0.0, now, rtt, now]
         elif now - known[2] > 0.1:  # forget, with the half-life, every tenth of a second
             del table[site]  # and to the end: the oldest first
             known = table[site] = [_decayed(known[0], known[2], now, LOSS_HALF_LIFE),
-                                   _decayed(known[1], known[2], now, LOSS_HALF_LIFE), now]
+                                   _decayed(known[1], known[2], now, LOSS_HALF_LIFE), now,
+                                   known[3], known[4]]
         site_lost = known[0] = max(0.0, known[0] + lost)
         site_owed = known[1] = known[1] + owed
-        base = self._base_rtt.get(site)
-        if base is None or rtt < base[0] or now - base[1] > QUEUE_BASE_MEMORY:
-            if base is None and len(self._base_rtt) >= _MAX_SOURCES:
-                self._base_rtt.clear()
-            self._base_rtt[site] = base = (rtt, now)
+        if rtt < known[3] or now - known[4] > QUEUE_BASE_MEMORY:
+            known[3], known[4] = rtt, now
         if site_lost >= LOSS_TO_WAIT * site_owed and site_lost > 0:
             self._lossy_sites[site] = None
-            if rtt - base[0] > QUEUE_DELAY:
-                self._report.warning(
-                    "link queues", "mslookup: answers from %s come %.0f ms later than its "
-                    "fastest (%.0f ms) and %.0f%% of what it owed lately went missing: a queue "
-                    "on the way fills. If lookups in bursts (a bulk SMS) go to the wrong site, "
-                    "the link is thinner than send_rate needs: lower send_rate "
-                    "(docs/mslookup.md, \"A thin link\")", site, (rtt - base[0]) * 1000,
-                    base[0] * 1000, 100 * site_lost / max(site_owed, 1.0))
+            if rtt - known[3] > QUEUE_DELAY:
+                self._warn_queue(site, rtt - known[3], known[3],
+                                 site_lost / max(site_owed, 1.0))
         elif self._lossy_sites:
             self._lossy_sites.pop(site, None)
+
+    def _warn_queue(self, site: str, queued: float, base: float, share: float) -> None:
+        """A lossy site answered ``queued`` s later than its fastest round trip lately."""
+        self._report.warning(
+            "link queues", "mslookup: answers from %s come %.0f ms later than its fastest "
+            "(%.0f ms) and %.0f%% of what it owed lately went missing: a queue on the way "
+            "fills. If lookups in bursts (a bulk SMS) go to the wrong site, the link is "
+            "thinner than send_rate needs: lower send_rate (docs/mslookup.md, \"A thin "
+            "link\")", site, queued * 1000, base * 1000, 100 * share)
 
     def _round_trip(self, now: float) -> float:
         """The slowest round trip seen lately, from a copy leaving to a site's answer to that
@@ -846,7 +847,7 @@ class Engine:
         seen lately, it waits for that copy's answers (a slow lossy link: the only answer
         of the youngest site may be on the way). True if the deadline moved."""
         first = flight.first_at
-        if first is None or not flight.sent_at:
+        if first is None:
             return False
         selection = lookup.selection
         window = selection.timing.window
